@@ -1,0 +1,348 @@
+"""The `vaekit` command: LightningCLI for training, checkpoint-only commands for everything after.
+
+vaekit fit --config configs/<modality>/<name>.yaml [overrides]
+vaekit {sample,reconstruct,interpolate,traverse,evaluate,encode,score} CKPT ...
+vaekit recipes [--copy NAME DEST]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from tqdm.auto import tqdm
+
+from vaekit import recipes
+from vaekit.callbacks import WriteSamples
+from vaekit.checkpoint import load_datamodule, load_model
+from vaekit.core.data import VAEDataModule
+from vaekit.core.io import atomic_path, write_text
+from vaekit.core.module import VAE, Batch
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
+
+
+# --------------------------------------------------------------------------- training
+
+
+class VAEKitCLI(LightningCLI):
+    """LightningCLI with vaekit's defaults: checkpoints in ``<root>/checkpoints`` with a last.ckpt, samples at the end."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.monitor": "val/elbo",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best-{epoch:03d}-{step:06d}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(WriteSamples, "samples")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = str(Path(config.trainer.default_root_dir or ".") / "checkpoints")
+
+    def after_fit(self) -> None:
+        callback = self.trainer.checkpoint_callback
+        if callback is not None and self.trainer.is_global_zero:
+            print(f"checkpoints: {callback.dirpath} (last: {Path(callback.dirpath) / 'last.ckpt'})")
+
+
+def run_lightning(argv: list[str]) -> None:
+    for i, arg in enumerate(argv[:-1]):
+        if arg in ("--config", "-c"):
+            argv[i + 1] = recipes.resolve_config(argv[i + 1])
+    VAEKitCLI(
+        VAE,
+        VAEDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=argv,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
+# --------------------------------------------------------------------------- checkpoint commands
+
+
+@dataclasses.dataclass
+class Session:
+    """A loaded model with its data module, on the chosen device."""
+
+    model: VAE
+    checkpoint: dict[str, Any]
+    args: argparse.Namespace
+    options: dict[str, Any]
+    _datamodule: VAEDataModule | None = None
+
+    @property
+    def datamodule(self) -> VAEDataModule:
+        if self._datamodule is None:
+            self._datamodule = load_datamodule(self.model, self.checkpoint, self.args.data_root)
+        return self._datamodule
+
+    def prepare(self, batch: Batch) -> Batch:
+        """Move a batch to the model's device and apply the data module's device-side transform."""
+        batch = {k: v.to(self.model.device) for k, v in batch.items()}
+        return self.datamodule.on_after_batch_transfer(batch, 0)
+
+    def examples(self, split: str, indices: Sequence[int]) -> Batch:
+        datamodule = self.datamodule
+        datamodule.setup("test")
+        if split not in datamodule.splits:
+            raise ValueError(f"the data has no {split!r} split")
+        size = len(next(iter(datamodule.splits[split].values())))
+        if max(indices) >= size:
+            raise ValueError(f"asked for example {max(indices)} but the {split} split has {size}")
+        return self.prepare({k: v[list(indices)] for k, v in datamodule.splits[split].items()})
+
+    def inputs(self, items: list[str]) -> Batch:
+        return self.prepare(self.datamodule.load_inputs(items))
+
+    def generate(self, z: torch.Tensor) -> Any:
+        return self.model.generate(z, **self.options)
+
+    def trainer(self) -> pl.Trainer:
+        return pl.Trainer(
+            accelerator=self.args.device,
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+        )
+
+
+def _in_batches(session: Session, z: torch.Tensor, batch: int = 256) -> list[Any]:
+    chunks = list(torch.split(z, batch))
+    return [session.generate(c) for c in tqdm(chunks, desc="decoding", disable=len(chunks) < 2)]
+
+
+def _concat(parts: list[Any]) -> Any:
+    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else [x for part in parts for x in part]
+
+
+def cmd_sample(s: Session) -> list[Path]:
+    z = s.model.sample_latents(s.args.num, s.args.temperature)
+    return s.model.save_outputs(_concat(_in_batches(s, z)), s.args.out, "samples")
+
+
+def cmd_reconstruct(s: Session) -> list[Path]:
+    batch = s.inputs(s.args.input) if s.args.input else s.examples("test", range(s.args.num))
+    reconstructions = s.generate(s.model.posterior(batch).mode())
+    paths = s.model.save_outputs(s.model.as_outputs(batch), s.args.out, "inputs")
+    return paths + s.model.save_outputs(reconstructions, s.args.out, "reconstructions")
+
+
+def cmd_interpolate(s: Session) -> list[Path]:
+    if (s.args.a is None) != (s.args.b is None):
+        raise SystemExit("give both --a and --b, or neither (then two test examples are used)")
+    batch = s.inputs([s.args.a, s.args.b]) if s.args.a is not None else s.examples("test", [0, 1])
+    z = s.model.posterior(batch).mode()
+    path = s.model.interpolate_latents(z[0], z[1], s.args.steps)
+    return s.model.save_outputs(s.generate(path), s.args.out, "interpolation", nrow=s.args.steps)
+
+
+def cmd_traverse(s: Session) -> list[Path]:
+    latent_dim = s.model.hparams.latent_dim
+    dims = s.args.dims if s.args.dims is not None else list(range(min(latent_dim, 10)))
+    base = torch.zeros(1, latent_dim, device=s.model.device)
+    grid = s.model.traverse_latents(base, dims, s.args.span, s.args.steps)
+    paths = s.model.save_outputs(_concat(_in_batches(s, grid)), s.args.out, "traversal", nrow=s.args.steps)
+    write_text(
+        Path(s.args.out) / "traversal.json", json.dumps({"dims": dims, "span": s.args.span, "steps": s.args.steps})
+    )
+    return paths
+
+
+def _run_predict(s: Session) -> dict[str, torch.Tensor]:
+    s.model.eval_iw_samples = getattr(s.args, "iw_samples", 0)
+    datamodule = s.datamodule
+    datamodule.eval_split = s.args.split
+    if s.args.batch_size:
+        datamodule.hparams.eval_batch_size = s.args.batch_size
+    outputs = s.trainer().predict(s.model, datamodule=datamodule)
+    return {k: torch.cat([o[k] for o in outputs]).cpu() for k in outputs[0]}
+
+
+def cmd_evaluate(s: Session) -> list[Path]:
+    s.model.eval_iw_samples = s.args.iw_samples
+    datamodule = s.datamodule
+    datamodule.eval_split = s.args.split
+    if s.args.batch_size:
+        datamodule.hparams.eval_batch_size = s.args.batch_size
+    s.trainer().test(s.model, datamodule=datamodule, verbose=False)
+    result = {"split": s.args.split, **s.model.evaluation}
+    out = Path(s.args.out)
+    write_text(out, json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return [out]
+
+
+def cmd_encode(s: Session) -> list[Path]:
+    outputs = _run_predict(s)
+    out = Path(s.args.out)
+    with atomic_path(out if out.suffix == ".npz" else out.with_suffix(".npz")) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, mean=outputs["mean"].numpy(), logvar=outputs["logvar"].numpy(), label=outputs["label"].numpy())
+    paths = [out if out.suffix == ".npz" else out.with_suffix(".npz")]
+    if s.args.plot:
+        from vaekit.plots import latent_scatter
+
+        label_names = getattr(s.model.spec, "label_names", None) or []
+        paths.append(latent_scatter(outputs["mean"], outputs["label"], s.args.plot, label_names))
+    return paths
+
+
+def cmd_score(s: Session) -> list[Path]:
+    outputs = _run_predict(s)
+    score_key = "nll" if "nll" in outputs else "neg_elbo"
+    scores, labels = outputs[score_key], outputs["label"]
+    out = Path(s.args.out)
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["index", "label", score_key])
+        for i, (label, score) in enumerate(zip(labels.tolist(), scores.tolist(), strict=True)):
+            writer.writerow([i, label, f"{score:.6f}"])
+    if s.args.normal is not None:
+        from torchmetrics.functional.classification import binary_auroc
+
+        normal = torch.tensor([int(n) for n in s.args.normal])
+        is_anomaly = (~torch.isin(labels, normal)).long()
+        if 0 < int(is_anomaly.sum()) < len(is_anomaly):
+            # Min-max scaling keeps the ranking (all AUROC sees) and stops torchmetrics applying a sigmoid.
+            scaled = (scores - scores.min()) / (scores.max() - scores.min()).clamp(min=1e-12)
+            auroc = float(binary_auroc(scaled, is_anomaly))
+            print(f"AUROC ({score_key} as anomaly score, normal labels {s.args.normal}): {auroc:.4f}")
+        else:
+            print("AUROC not computed: the split holds only normal or only anomalous examples")
+    return [out]
+
+
+COMMANDS: dict[str, Callable[[Session], list[Path]]] = {
+    "sample": cmd_sample,
+    "reconstruct": cmd_reconstruct,
+    "interpolate": cmd_interpolate,
+    "traverse": cmd_traverse,
+    "evaluate": cmd_evaluate,
+    "encode": cmd_encode,
+    "score": cmd_score,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vaekit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in LIGHTNING_COMMANDS:
+        sub.add_parser(name, help=f"LightningCLI {name}: vaekit {name} --config CONFIG [overrides] (see --help)")
+    rec = sub.add_parser("recipes", help="list the shipped recipes, or copy one to edit")
+    rec.add_argument("--copy", nargs=2, metavar=("NAME", "DEST"))
+
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("ckpt", help="a .ckpt written by `vaekit fit`")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto")
+        p.add_argument("--data-root", help="where the data lives now, if it moved since training")
+        return p
+
+    p = command("sample", "draw samples from the prior")
+    p.add_argument("--num", type=int, default=16)
+    p.add_argument("--out", required=True)
+    p.add_argument("--temperature", type=float, default=1.0, help="scales the prior's standard deviation")
+    p = command("reconstruct", "encode and decode test examples or given inputs")
+    p.add_argument("--num", type=int, default=8)
+    p.add_argument("--out", required=True)
+    p.add_argument("--input", nargs="+", help="files (or sentences, for text) to reconstruct")
+    p = command("interpolate", "decode the straight line between two encoded inputs")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--out", required=True)
+    p.add_argument("--a")
+    p.add_argument("--b")
+    p = command("traverse", "sweep single latent dimensions around the prior mean")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dims", type=int, nargs="+")
+    p.add_argument("--span", type=float, default=3.0)
+    p.add_argument("--steps", type=int, default=9)
+    for name, help_ in (
+        ("evaluate", "ELBO, importance-weighted NLL and latent diagnostics as JSON"),
+        ("encode", "posterior means and log-variances (.npz), optionally a 2-D plot"),
+        ("score", "per-example anomaly scores (CSV)"),
+    ):
+        p = command(name, help_)
+        p.add_argument("--split", choices=("val", "test"), default="test")
+        p.add_argument("--out", required=True)
+        p.add_argument("--batch-size", type=int)
+        if name == "evaluate":
+            p.add_argument("--iw-samples", type=int, default=1000)
+        if name == "score":
+            p.add_argument("--iw-samples", type=int, default=0, help="> 0 scores with the IW NLL instead of -ELBO")
+            p.add_argument("--normal", nargs="+", help="labels of normal examples; prints the AUROC of the scores")
+        if name == "encode":
+            p.add_argument("--plot", help="PNG of the latent means, coloured by label (PCA beyond 2-D)")
+    return parser
+
+
+def _options_parser(options_type: type | None) -> argparse.ArgumentParser:
+    """Flags for a plugin's generation options, built from its dataclass fields."""
+    parser = argparse.ArgumentParser(prog="vaekit (modality options)", add_help=False)
+    for f in dataclasses.fields(options_type) if options_type else ():
+        kind = type(f.default) if f.default is not None else str
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=f.default)
+    return parser
+
+
+def run_command(argv: list[str]) -> None:
+    args, rest = build_parser().parse_known_args(argv)
+    if args.command == "recipes":
+        if args.copy:
+            print(f"copied to {recipes.copy_recipe(*args.copy)}")
+        else:
+            for recipe in recipes.list_recipes():
+                print(f"{recipe.name:<16} {recipe.summary}")
+        return
+    pl.seed_everything(args.seed, verbose=False)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model, checkpoint = load_model(args.ckpt, device)
+    options_type = model.generation_options
+    extra, unknown = _options_parser(options_type).parse_known_args(rest)
+    if unknown:
+        raise SystemExit(
+            f"vaekit {args.command}: unrecognised arguments for a {model.modality} model: {' '.join(unknown)}"
+        )
+    options = vars(extra)
+    args.out = Path(args.out)
+    with torch.no_grad():
+        paths = COMMANDS[args.command](Session(model, checkpoint, args, options))
+    print(f"wrote {len(paths)} file(s), e.g. {paths[0]}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in LIGHTNING_COMMANDS:
+            run_lightning(argv)
+        else:
+            run_command(argv)
+    except (FileNotFoundError, ValueError, LookupError, FileExistsError) as err:
+        raise SystemExit(f"vaekit: error: {err}") from err
+
+
+if __name__ == "__main__":
+    main()

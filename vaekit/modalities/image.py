@@ -1,0 +1,373 @@
+"""Image modality: convolutional encoder/decoder, Bernoulli or Gaussian likelihood, PNG output."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import math
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor, nn
+
+from vaekit.core.data import VAEDataModule, load_hub_dataset, split_off
+from vaekit.core.io import atomic_path
+from vaekit.core.likelihoods import Bernoulli, Gaussian
+from vaekit.core.module import VAE, Batch, bits_per_dim
+from vaekit.modalities.registry import Modality
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What the image data tells the model; stored in every checkpoint."""
+
+    channels: int
+    height: int
+    width: int
+    binarized: bool
+    label_names: list[str] = field(default_factory=list)
+
+
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _open_maybe_gz(folder: Path, stem: str) -> tuple[Path, bytes]:
+    for path in (folder / stem, folder / f"{stem}.gz"):
+        if path.exists():
+            try:
+                raw = path.read_bytes()
+                return path, gzip.decompress(raw) if path.suffix == ".gz" else raw
+            except (OSError, EOFError, gzip.BadGzipFile) as err:
+                raise ValueError(f"{path}: cannot decompress ({err}); download the file again") from err
+    raise FileNotFoundError(f"{folder / stem}(.gz) is missing")
+
+
+def read_idx(folder: Path, stem: str, magic: int) -> np.ndarray:
+    """Read one MNIST IDX file (optionally gzipped), checking its header against its length."""
+    path, data = _open_maybe_gz(folder, stem)
+    dims = magic & 0xFF
+    header = 4 + 4 * dims
+    if len(data) < header or struct.unpack(">I", data[:4])[0] != magic:
+        raise ValueError(f"{path}: not an IDX file with magic {magic} (wrong or corrupt file)")
+    shape = struct.unpack(f">{dims}I", data[4:header])
+    expected = header + int(np.prod(shape))
+    if len(data) != expected:
+        raise ValueError(f"{path}: {len(data)} bytes but the header promises {expected}; the file is truncated")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def is_mnist_folder(folder: Path) -> bool:
+    return any((folder / f"{MNIST_FILES['train'][0]}{ext}").exists() for ext in ("", ".gz"))
+
+
+class ImageDataModule(VAEDataModule):
+    """Images from an MNIST IDX folder, an image folder, or a hub dataset id.
+
+    Image folders follow the ``datasets`` imagefolder layout: ``root/{train,test}/<label>/*.png``
+    (or ``root/<label>/*.png``, in which case ``test_fraction`` is held out as the test split).
+    Every image must have one size, unless ``image_size`` asks for resizing. ``binarize`` turns
+    grey levels into {0,1}: dynamically (a fresh draw every batch) for training, once with a fixed
+    seed for validation and test, as in the IWAE protocol.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        seed: int = 0,
+        num_workers: int = 0,
+        skip_bad_files: bool = False,
+        binarize: bool = True,
+        image_size: tuple[int, int] | None = None,
+        grayscale: bool | None = None,
+        limit: int | None = None,
+    ) -> None:
+        super().__init__(root, batch_size, eval_batch_size, val_fraction, seed, num_workers, skip_bad_files)
+        self.label_names: list[str] = []
+
+    # ---------------------------------------------------------------- loading
+    def load_splits(self) -> dict[str, dict[str, Tensor]]:
+        hp = self.hparams
+        if self.source.local is not None and is_mnist_folder(self.source.local):
+            raw = self._load_mnist(self.source.local)
+        else:
+            raw = self._load_with_datasets()
+        if "test" not in raw:
+            raw["train"], raw["test"] = split_off(raw["train"], hp.test_fraction, hp.seed + 1)
+        if hp.limit:
+            raw = {name: {k: v[: hp.limit] for k, v in split.items()} for name, split in raw.items()}
+        raw["train"], raw["val"] = split_off(raw["train"], hp.val_fraction, hp.seed)
+        if hp.binarize:
+            generator = torch.Generator().manual_seed(hp.seed)
+            for name in ("val", "test"):
+                raw[name]["x"] = (
+                    torch.bernoulli(raw[name]["x"].float() / 255, generator=generator).to(torch.uint8) * 255
+                )
+        return raw
+
+    def _load_mnist(self, folder: Path) -> dict[str, dict[str, Tensor]]:
+        splits = {}
+        for split, (images, labels) in MNIST_FILES.items():
+            if split == "test" and not any((folder / f"{images}{e}").exists() for e in ("", ".gz")):
+                continue
+            x = read_idx(folder, images, 2051)
+            y = read_idx(folder, labels, 2049)
+            if len(x) != len(y):
+                raise ValueError(f"{folder}: {len(x)} {split} images but {len(y)} labels")
+            splits[split] = {
+                "x": torch.from_numpy(x.copy()).unsqueeze(1),
+                "label": torch.from_numpy(y.astype(np.int64)),
+            }
+        self.label_names = [str(d) for d in range(10)]
+        return splits
+
+    def _load_with_datasets(self) -> dict[str, dict[str, Tensor]]:
+        import datasets
+
+        if self.source.local is not None:
+            try:
+                dataset = datasets.load_dataset("imagefolder", data_dir=str(self.source.local))
+            except (ValueError, FileNotFoundError) as err:
+                raise FileNotFoundError(
+                    f"{self.source.local}: no MNIST IDX files and no images found ({err}); "
+                    "point --data.root at a folder of images (root/<label>/*.png) or MNIST IDX files"
+                ) from err
+        else:
+            dataset = load_hub_dataset(self.source.hub_id)
+        image_column = next((c for c in ("image", "img", "pixel_values") if c in dataset["train"].features), None)
+        if image_column is None:
+            raise ValueError(f"{self.source}: no image column (looked for image, img) in {dataset['train'].features}")
+        label_column = next((c for c in ("label", "labels") if c in dataset["train"].features), None)
+        if label_column is not None and hasattr(dataset["train"].features[label_column], "names"):
+            self.label_names = list(dataset["train"].features[label_column].names)
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+        splits = {}
+        for name in ("train", "test"):
+            if name in dataset:
+                rows = dataset[name]
+                labels = rows[label_column] if label_column else None
+                splits[name] = self._decode_images(rows[image_column], labels)
+        return splits
+
+    def _decode_images(self, images: list[dict[str, Any]], labels: list[int] | None) -> dict[str, Tensor]:
+        decoded, kept = [], []
+        for i, item in enumerate(images):
+            where = item.get("path") or f"{self.source} example {i}"
+            array = self._decode_one(item, where, expected=decoded[0].shape if decoded else None)
+            if array is not None:
+                decoded.append(array)
+                kept.append(i)
+        if not decoded:
+            raise ValueError(f"{self.source}: no readable images")
+        x = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).contiguous()
+        label = torch.tensor([labels[i] for i in kept]) if labels is not None else torch.full((len(kept),), -1)
+        return {"x": x, "label": label.long()}
+
+    def _decode_one(self, item: dict[str, Any], where: str, expected: tuple[int, ...] | None) -> np.ndarray | None:
+        try:
+            source = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
+            with Image.open(source) as image:
+                image.load()
+                image = self._convert(image)
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            self.skip_or_raise(f"{where}: not a readable image ({err}); delete or replace the file")
+            return None
+        array = np.asarray(image, dtype=np.uint8)
+        array = array[..., None] if array.ndim == 2 else array
+        if expected is not None and array.shape != expected:
+            self.skip_or_raise(
+                f"{where}: image is {array.shape[1]}x{array.shape[0]}x{array.shape[2]} but earlier images are "
+                f"{expected[1]}x{expected[0]}x{expected[2]}; resize them all with --data.image_size H W"
+            )
+            return None
+        return array
+
+    def _convert(self, image: Image.Image) -> Image.Image:
+        grayscale = self.hparams.grayscale
+        if grayscale is None:
+            grayscale = image.mode in ("1", "L", "LA", "I", "I;16", "F")
+        image = image.convert("L" if grayscale else "RGB")
+        if self.hparams.image_size is not None:
+            height, width = self.hparams.image_size
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+        return image
+
+    def make_spec(self, train: dict[str, Tensor]) -> ImageSpec:
+        _, channels, height, width = train["x"].shape
+        return ImageSpec(channels, height, width, bool(self.hparams.binarize), self.label_names)
+
+    def load_inputs(self, items: list[str]) -> dict[str, Tensor]:
+        arrays = []
+        for item in items:
+            if not Path(item).is_file():
+                raise FileNotFoundError(f"{item}: no such image file")
+            arrays.append(self._decode_one({"path": item}, item, expected=None))
+        spec = self.spec
+        for item, array in zip(items, arrays, strict=True):
+            if array.shape != (spec.height, spec.width, spec.channels):
+                raise ValueError(
+                    f"{item}: image is {array.shape[1]}x{array.shape[0]}x{array.shape[2]} but the model takes "
+                    f"{spec.width}x{spec.height}x{spec.channels}; resize it first"
+                )
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        if self.hparams.binarize:
+            x = (x > 127).to(torch.uint8) * 255
+        return {"x": x, "label": torch.full((len(items),), -1)}
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        """uint8 -> [0, 1] on the device; a fresh binarisation of training batches (dynamic binarisation)."""
+        x = batch["x"].float().div_(255)
+        trainer = self.trainer
+        if self.hparams.binarize and trainer is not None and trainer.training:
+            x = torch.bernoulli(x)
+        return {**batch, "x": x}
+
+
+# --------------------------------------------------------------------------- networks
+
+
+def _block(channels: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.SiLU())
+
+
+class _Residual(nn.Module):
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class ConvEncoder(nn.Module):
+    """Strided convolutions halving the image ``len(channels)`` times, then a dense head -> (mean, logvar)."""
+
+    def __init__(self, spec: ImageSpec, channels: list[int], blocks: int, hidden: int, latent_dim: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        previous = spec.channels
+        for width in channels:
+            layers += [nn.Conv2d(previous, width, 4, stride=2, padding=1), nn.SiLU()]
+            layers += [_Residual(_block(width)) for _ in range(blocks)]
+            previous = width
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        scale = 2 ** len(channels)
+        flat = previous * (spec.height // scale) * (spec.width // scale)
+        self.head = nn.Sequential(nn.Linear(flat, hidden), nn.SiLU(), nn.Linear(hidden, 2 * latent_dim))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mean, logvar = self.head(self.features(x)).chunk(2, dim=-1)
+        return mean, logvar
+
+
+class ConvDecoder(nn.Module):
+    """Mirror of the encoder: dense layers, then transposed convolutions back to the image size."""
+
+    def __init__(self, spec: ImageSpec, channels: list[int], blocks: int, hidden: int, latent_dim: int) -> None:
+        super().__init__()
+        scale = 2 ** len(channels)
+        self.start = (channels[-1], spec.height // scale, spec.width // scale)
+        self.head = nn.Sequential(
+            nn.Linear(latent_dim, hidden), nn.SiLU(), nn.Linear(hidden, math.prod(self.start)), nn.SiLU()
+        )
+        layers: list[nn.Module] = []
+        widths = list(reversed(channels))
+        for i, width in enumerate(widths):
+            layers += [_Residual(_block(width)) for _ in range(blocks)]
+            last = i == len(widths) - 1
+            out = spec.channels if last else widths[i + 1]
+            layers.append(nn.ConvTranspose2d(width, out, 4, stride=2, padding=1))
+            if not last:
+                layers.append(nn.SiLU())
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.body(self.head(z).view(-1, *self.start))
+
+
+class ImageVAE(VAE):
+    """Convolutional VAE for images of any size divisible by ``2 ** len(channels)``.
+
+    ``likelihood``: ``bernoulli`` for binarised data (logits out), ``gaussian`` for continuous
+    pixel values in [0, 1] (a learned per-channel scale unless ``gaussian_scale`` fixes it).
+    """
+
+    modality = "image"
+    spec_type = ImageSpec
+
+    def __init__(
+        self,
+        latent_dim: int = 32,
+        channels: list[int] = [32, 64],  # noqa: B006 - jsonargparse needs a literal default
+        blocks_per_stage: int = 1,
+        hidden: int = 512,
+        likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
+        gaussian_scale: float | None = None,
+        **core: Any,
+    ) -> None:
+        super().__init__(latent_dim=latent_dim, **core)
+
+    def build(self, spec: ImageSpec) -> None:
+        hp = self.hparams
+        scale = 2 ** len(hp.channels)
+        if spec.height % scale or spec.width % scale:
+            raise ValueError(
+                f"images of {spec.height}x{spec.width} cannot be halved {len(hp.channels)} times; "
+                f"use sizes divisible by {scale} (--data.image_size) or fewer --model.channels"
+            )
+        if hp.likelihood == "bernoulli" and not spec.binarized:
+            raise ValueError("the Bernoulli likelihood needs binary data: set --data.binarize true, or use gaussian")
+        args = (spec, list(hp.channels), hp.blocks_per_stage, hp.hidden, hp.latent_dim)
+        self.encoder = ConvEncoder(*args)
+        self.decoder = ConvDecoder(*args)
+        self.likelihood = Bernoulli() if hp.likelihood == "bernoulli" else Gaussian(spec.channels, hp.gaussian_scale)
+
+    def summary_metrics(self, nll_sum: float, units_sum: float) -> dict[str, float]:
+        return {"bits_per_dim": bits_per_dim(nll_sum, units_sum)}
+
+    def generate(self, z: Tensor, **options: Any) -> Tensor:
+        """Images in [0, 1]: the likelihood's mean (Bernoulli probabilities or Gaussian mean)."""
+        return self.likelihood.mean(self.decoder(z)).clamp(0, 1)
+
+    def save_outputs(self, data: Tensor, out_dir: Path, stem: str, nrow: int | None = None) -> list[Path]:
+        """One PNG grid (``stem``.png) plus one PNG per image (``stem``_0000.png...)."""
+        images = (data.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+        nrow = nrow or max(1, math.ceil(math.sqrt(len(images))))
+        paths = [_save_png(make_grid(images, nrow), out_dir / f"{stem}.png")]
+        paths += [_save_png(image, out_dir / f"{stem}_{i:04d}.png") for i, image in enumerate(images)]
+        return paths
+
+
+def make_grid(images: Tensor, nrow: int, pad: int = 2) -> Tensor:
+    """(N, C, H, W) uint8 -> one (C, H', W') image, ``nrow`` images per row, with white padding."""
+    count, channels, height, width = images.shape
+    rows = math.ceil(count / nrow)
+    grid = torch.full((channels, rows * (height + pad) + pad, nrow * (width + pad) + pad), 255, dtype=torch.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, nrow)
+        top, left = pad + r * (height + pad), pad + c * (width + pad)
+        grid[:, top : top + height, left : left + width] = image
+    return grid
+
+
+def _save_png(image: Tensor, path: Path) -> Path:
+    array = image.permute(1, 2, 0).numpy()
+    with atomic_path(path) as tmp:
+        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(tmp, format="PNG")
+    return path
+
+
+MODALITY = Modality(name="image", model=ImageVAE, datamodule=ImageDataModule)
