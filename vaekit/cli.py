@@ -11,6 +11,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -119,12 +120,18 @@ class Session:
         return self.model.generate(z, **self.options)
 
     def trainer(self) -> pl.Trainer:
+        """A one-device Lightning trainer for the evaluation loops (progress bar, device placement)."""
+        max_examples = getattr(self.args, "max_examples", None)
+        batch_size = self.datamodule.hparams.eval_batch_size or self.datamodule.hparams.batch_size
+        limit = math.ceil(max_examples / batch_size) if max_examples else 1.0
         return pl.Trainer(
             accelerator=self.args.device,
             devices=1,
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,
+            limit_test_batches=limit,
+            limit_predict_batches=limit,
         )
 
 
@@ -289,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--split", choices=("val", "test"), default="test")
         p.add_argument("--out", required=True)
         p.add_argument("--batch-size", type=int)
+        p.add_argument("--max-examples", type=int, help="only the first N examples (rounded up to whole batches)")
         if name == "evaluate":
             p.add_argument("--iw-samples", type=int, default=1000)
         if name == "score":

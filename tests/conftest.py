@@ -1,0 +1,57 @@
+"""Helpers shared by the test modules: running the CLI in-process or as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vaekit.cli import main
+
+TESTS = Path(__file__).parent
+
+
+def vaekit(*args: str) -> None:
+    """Run `vaekit ARGS` in this process (fast; LightningCLI and the commands are re-entrant)."""
+    argv = [str(a) for a in args]
+    saved, sys.argv = sys.argv, ["vaekit", *argv]  # what LightningCLI would see from a shell
+    try:
+        main(argv)
+    finally:
+        sys.argv = saved
+
+
+def vaekit_subprocess(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `vaekit ARGS` as its own process, as a user would (needed for DDP and for kills)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "vaekit.cli", *map(str, args)], capture_output=True, text=True, env=full_env, timeout=600
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vaekit {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def fit_args(config: str, root: Path, *extra: str) -> list[str]:
+    """`vaekit fit` arguments for a quick run into ``root``."""
+    return [
+        "fit",
+        "--config",
+        config,
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def image_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One short fit of the tiny image recipe, shared by the tests that only read its checkpoint."""
+    root = tmp_path_factory.mktemp("image-tiny")
+    vaekit(*fit_args("configs/image/tiny.yaml", root, "--trainer.max_epochs", "2"))
+    return root / "checkpoints" / "last.ckpt"
