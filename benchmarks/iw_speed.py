@@ -5,7 +5,7 @@ them in one pass, log-sum-exp. vaekit's estimator batches examples and samples t
 of at most ``iw_max_rows`` decoder rows. Both run on the same test examples with the same K in one
 process; the mean NLLs are printed too, as a check that they estimate the same quantity.
 
-    python benchmarks/iw_speed.py runs/mnist/checkpoints/last.ckpt --examples 500 --iw-samples 1000
+    python -m benchmarks.iw_speed runs/mnist/checkpoints/last.ckpt --examples 500 --iw-samples 1000
 """
 
 from __future__ import annotations

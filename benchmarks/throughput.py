@@ -6,7 +6,7 @@ Lightning runs as a recipe does (progress bar, metrics logged every step); valid
 off in both since the plain loop has neither. Lightning logs at the recipe's ``log_every_n_steps``. Reports examples/s, data units/s (pixels, tokens,
 spectrogram cells) and the ratio Lightning / plain.
 
-    python benchmarks/throughput.py --config configs/image/mnist.yaml --data.root ../shared/data/mnist
+    python -m benchmarks.throughput --config configs/image/mnist.yaml --data.root ../shared/data/mnist
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class _StepTimer(pl.Callback):
         self.end = time.perf_counter()
 
 
-def _build(config: str, overrides: list[str]) -> tuple[VAE, VAEDataModule, int]:
+def build(config: str, overrides: list[str]) -> tuple[VAE, VAEDataModule, int]:
     """Model, data module and the recipe's logging interval, from the config as `vaekit fit` reads it."""
     cli = VAEKitCLI(
         VAE,
@@ -125,7 +125,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     pl.seed_everything(0, verbose=False)
-    model, datamodule, log_every = _build(args.config, overrides)
+    model, datamodule, log_every = build(args.config, overrides)
     initial = copy.deepcopy(model.state_dict())
     plain, lightning = [], []
     root = Path("benchmarks/results/throughput")

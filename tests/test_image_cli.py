@@ -135,3 +135,34 @@ def test_dynamic_binarisation_is_fresh_for_training_and_fixed_for_eval(tmp_path)
     first = datamodule.on_after_batch_transfer(grey, 0)["x"]
     second = datamodule.on_after_batch_transfer(grey, 0)["x"]
     assert set(first.unique().tolist()) == {0.0, 1.0} and not torch.equal(first, second)
+
+
+def test_colour_images_with_a_gaussian_likelihood(tmp_path):
+    root = tmp_path / "rgb"
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        folder = root / ("red" if i % 2 else "blue")
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (rng.random((16, 16, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels, mode="RGB").save(folder / f"{i:02d}.png")
+    run = tmp_path / "run"
+    vaekit(
+        "fit", "--config", "configs/image/tiny.yaml", "--trainer.default_root_dir", run,
+        "--trainer.enable_progress_bar", "false", "--trainer.max_steps", "3",
+        "--data.root", root, "--data.binarize", "false", "--model.likelihood", "gaussian",
+        "--model.channels", "[8, 8]", "--samples.num", "0",
+    )  # fmt: skip
+    ckpt = run / "checkpoints" / "last.ckpt"
+    spec = torch.load(ckpt, weights_only=False)["vaekit"]["spec"]
+    assert (spec["channels"], spec["height"], spec["label_names"]) == (3, 16, ["blue", "red"])
+    vaekit("sample", ckpt, "--num", 2, "--out", tmp_path / "out")
+    assert _png(tmp_path / "out" / "samples_0000.png").shape == (16, 16, 3)
+
+
+def test_hub_dataset_ids_reach_datasets_and_fail_clearly_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    datamodule = ImageDataModule(root="someone/no-such-dataset")
+    assert datamodule.source.hub_id == "someone/no-such-dataset"
+    with pytest.raises(FileNotFoundError, match="neither a local folder nor a loadable hub dataset"):
+        datamodule.setup("fit")
