@@ -4,7 +4,9 @@ Both loops train the same network from the same initial weights on batches from 
 module, in one process, alternating (plain, Lightning, plain, ...) so drift of the machine hits both.
 Lightning runs as a recipe does (progress bar, metrics logged every step); validation and checkpointing are
 off in both since the plain loop has neither. Lightning logs at the recipe's ``log_every_n_steps``. Reports examples/s, data units/s (pixels, tokens,
-spectrogram cells) and the ratio Lightning / plain.
+spectrogram cells) and the ratio Lightning / plain, by wall clock and by this process's CPU time.
+The CPU-time ratio is the one to read on a shared machine: other processes' load does not enter it
+(use --threads 1 there, so idle OpenMP threads spinning do not count either).
 
     python -m benchmarks.throughput --config configs/image/mnist.yaml --data.root ../shared/data/mnist
 """
@@ -32,18 +34,18 @@ class _StepTimer(pl.Callback):
 
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
-        self.start = self.end = 0.0
+        self.start = self.end = self.cpu_start = self.cpu_end = 0.0
         self.examples = self.units = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup:
-            self.start = time.perf_counter()
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step > self.warmup:
             self.examples += len(batch["x"])
             self.units += int(pl_module.num_units(batch).sum())
-        self.end = time.perf_counter()
+        self.end, self.cpu_end = time.perf_counter(), time.process_time()
 
 
 def build(config: str, overrides: list[str]) -> tuple[VAE, VAEDataModule, int]:
@@ -79,8 +81,16 @@ def run_lightning(
         enable_model_summary=False,
     )
     trainer.fit(model, datamodule=datamodule)
-    seconds = timer.end - timer.start
-    return {"seconds": seconds, "examples_per_s": timer.examples / seconds, "units_per_s": timer.units / seconds}
+    return _rates(timer.end - timer.start, timer.cpu_end - timer.cpu_start, timer.examples, timer.units)
+
+
+def _rates(seconds: float, cpu_seconds: float, examples: int, units: int) -> dict[str, float]:
+    return {
+        "seconds": seconds,
+        "examples_per_s": examples / seconds,
+        "units_per_s": units / seconds,
+        "examples_per_cpu_s": examples / cpu_seconds,
+    }
 
 
 def run_plain(model: VAE, datamodule: VAEDataModule, steps: int, warmup: int) -> dict[str, float]:
@@ -89,13 +99,13 @@ def run_plain(model: VAE, datamodule: VAEDataModule, steps: int, warmup: int) ->
     model = model.to(device).train()
     optimizer = model.configure_optimizers()
     examples = units = 0
-    step, start = 0, time.perf_counter()
+    step, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while step < steps + warmup:
         for batch in datamodule.train_dataloader():
             if step == warmup:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
             batch = datamodule.on_after_batch_transfer({k: v.to(device) for k, v in batch.items()}, 0)
             loss = model.elbo_terms(batch, model.beta(step)).loss
             optimizer.zero_grad(set_to_none=True)
@@ -109,8 +119,7 @@ def run_plain(model: VAE, datamodule: VAEDataModule, steps: int, warmup: int) ->
                 break
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "examples_per_s": examples / seconds, "units_per_s": units / seconds}
+    return _rates(time.perf_counter() - start, time.process_time() - cpu_start, examples, units)
 
 
 def main() -> None:
@@ -135,6 +144,9 @@ def main() -> None:
         model.load_state_dict(initial)
         lightning.append(run_lightning(model, datamodule, args.steps, args.warmup, log_every, root))
     ratios = [ln["examples_per_s"] / pl_["examples_per_s"] for ln, pl_ in zip(lightning, plain, strict=True)]
+    cpu_ratios = [
+        ln["examples_per_cpu_s"] / pl_["examples_per_cpu_s"] for ln, pl_ in zip(lightning, plain, strict=True)
+    ]
     result = {
         "config": args.config,
         "overrides": overrides,
@@ -147,8 +159,10 @@ def main() -> None:
         "lightning_examples_per_s": statistics.median(r["examples_per_s"] for r in lightning),
         "plain_units_per_s": statistics.median(r["units_per_s"] for r in plain),
         "lightning_units_per_s": statistics.median(r["units_per_s"] for r in lightning),
-        "ratios": ratios,
-        "ratio_median": statistics.median(ratios),
+        "wall_ratios": ratios,
+        "wall_ratio_median": statistics.median(ratios),
+        "cpu_time_ratios": cpu_ratios,
+        "cpu_time_ratio_median": statistics.median(cpu_ratios),
     }
     print(json.dumps(result, indent=2))
     if args.out:

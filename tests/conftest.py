@@ -17,7 +17,7 @@ TESTS = Path(__file__).parent
 def vaekit(*args: str) -> None:
     """Run `vaekit ARGS` in this process (fast; LightningCLI and the commands are re-entrant)."""
     argv = [str(a) for a in args]
-    saved, sys.argv = sys.argv, ["vaekit", *argv]  # what LightningCLI would see from a shell
+    saved, sys.argv = sys.argv, ["vaekit"]  # LightningCLI reads args=, not pytest's own argv
     try:
         main(argv)
     finally:

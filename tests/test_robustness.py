@@ -74,6 +74,16 @@ def test_resume_after_a_kill_ends_at_the_same_step(tmp_path):
     assert _global_step(killed / "checkpoints" / "last.ckpt") == expected
 
 
+def test_last_checkpoint_is_the_final_state_even_without_improvement(tmp_path):
+    """last.ckpt must follow training, not the best checkpoint (Lightning's save_last alone does not)."""
+    vaekit(*fit_args(TINY, tmp_path, "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "4",
+                     "--model.lr", "0.0", "--samples.num", "0",
+                     "--best_checkpoint.monitor", "val/active_units"))  # fmt: skip
+    # With lr 0 the active units (deterministic at fixed weights) never improve: the best stays at step 4.
+    assert [p.name for p in (tmp_path / "checkpoints").glob("best-*.ckpt")] == ["best-000-000004.ckpt"]
+    assert _global_step(tmp_path / "checkpoints" / "last.ckpt") == 12
+
+
 # ------------------------------------------------------------------ DDP
 
 
@@ -236,6 +246,16 @@ def test_checkpoint_of_another_modality_is_refused_on_resume(image_ckpt, tmp_pat
     torch.save(checkpoint, other)
     with pytest.raises(SystemExit, match="holds a 'audio' model but this is a 'image' model"):
         vaekit(*fit_args(TINY, tmp_path / "run", "--ckpt_path", str(other)))
+
+
+def test_atomic_write_gives_normal_file_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "out.txt") as tmp:
+            tmp.write_text("done")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644
 
 
 def test_failed_write_leaves_neither_file_nor_temp(tmp_path):

@@ -38,25 +38,36 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 
 class VAEKitCLI(LightningCLI):
-    """LightningCLI with vaekit's defaults: checkpoints in ``<root>/checkpoints`` with a last.ckpt, samples at the end."""
+    """LightningCLI with vaekit's defaults: ``<root>/checkpoints/last.ckpt`` always holds the latest state,
+    ``best-*.ckpt`` the best by validation ELBO, and samples are written at the end of fit.
+
+    Two checkpoint callbacks, because Lightning's ``save_last`` refreshes last.ckpt only when a monitored
+    top-k checkpoint is saved: a run that stops improving would leave a stale last.ckpt to resume from.
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
         parser.set_defaults(
             {
-                "checkpoint.save_last": True,
-                "checkpoint.monitor": "val/elbo",
-                "checkpoint.mode": "max",
-                "checkpoint.filename": "best-{epoch:03d}-{step:06d}",
-                "checkpoint.auto_insert_metric_name": False,
+                "checkpoint.filename": "last",
+                "checkpoint.monitor": None,
+                "checkpoint.save_top_k": 1,
+                "checkpoint.enable_version_counter": False,
+                "best_checkpoint.monitor": "val/elbo",
+                "best_checkpoint.mode": "max",
+                "best_checkpoint.filename": "best-{epoch:03d}-{step:06d}",
+                "best_checkpoint.auto_insert_metric_name": False,
             }
         )
         parser.add_lightning_class_args(WriteSamples, "samples")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.checkpoint.dirpath is None:
-            config.checkpoint.dirpath = str(Path(config.trainer.default_root_dir or ".") / "checkpoints")
+        default = str(Path(config.trainer.default_root_dir or ".") / "checkpoints")
+        for key in ("checkpoint", "best_checkpoint"):
+            if config[key].dirpath is None:
+                config[key].dirpath = default
 
     def after_fit(self) -> None:
         callback = self.trainer.checkpoint_callback

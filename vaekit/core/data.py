@@ -102,7 +102,8 @@ class VAEDataModule(pl.LightningDataModule):
     """Base data module: splits held as tensors, a ``spec`` describing the data for the model.
 
     Subclasses implement ``load_splits`` (returning ``train``/``val``/``test`` tensor dicts) and
-    ``make_spec``. A model loaded from a checkpoint hands its spec back through ``adopt_spec`` so the
+    ``make_spec``; ``val_fraction``/``test_fraction`` are what they hold out when the data has no such
+    split of its own. Subclasses take their own arguments and pass the rest on with ``**common``. A model loaded from a checkpoint hands its spec back through ``adopt_spec`` so the
     data is prepared exactly as in training (same tokenizer, same normalisation).
     """
 
@@ -115,6 +116,7 @@ class VAEDataModule(pl.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         skip_bad_files: bool = False,
+        test_fraction: float = 0.1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

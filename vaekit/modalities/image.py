@@ -83,19 +83,13 @@ class ImageDataModule(VAEDataModule):
     def __init__(
         self,
         root: str,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
-        seed: int = 0,
-        num_workers: int = 0,
-        skip_bad_files: bool = False,
         binarize: bool = True,
         image_size: tuple[int, int] | None = None,
         grayscale: bool | None = None,
         limit: int | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(root, batch_size, eval_batch_size, val_fraction, seed, num_workers, skip_bad_files)
+        super().__init__(root, **common)
         self.label_names: list[str] = []
 
     # ---------------------------------------------------------------- loading
