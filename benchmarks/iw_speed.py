@@ -49,10 +49,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100, help="examples per batch for vaekit's estimator")
     parser.add_argument("--data-root")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--max-rows", type=int, help="override the model's iw_max_rows (decoder rows per chunk)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     model, checkpoint = load_model(args.ckpt)
+    if args.max_rows:
+        model.hparams.iw_max_rows = args.max_rows
     datamodule = load_datamodule(model, checkpoint, args.data_root)
     datamodule.setup("test")
     test = {k: v[: args.examples] for k, v in datamodule.splits["test"].items()}
@@ -70,6 +73,7 @@ def main() -> None:
         "examples": args.examples,
         "iw_samples": args.iw_samples,
         "threads": torch.get_num_threads(),
+        "iw_max_rows": model.hparams.iw_max_rows,
         "per_example_loop_examples_per_s": args.examples / loop_s,
         "vaekit_examples_per_s": args.examples / batched_s,
         "speedup_wall": loop_s / batched_s,

@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ from vaekit.checkpoint import load_datamodule, load_model
 from vaekit.core.data import VAEDataModule
 from vaekit.core.io import atomic_path, write_text
 from vaekit.core.module import VAE, Batch
+from vaekit.modalities.registry import ModalityNotFound
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
@@ -54,6 +56,8 @@ class VAEKitCLI(LightningCLI):
                 "checkpoint.monitor": None,
                 "checkpoint.save_top_k": 1,
                 "checkpoint.enable_version_counter": False,
+                # Also when training stops between validations (max_steps, max_time, check_val_every_n_epoch > 1).
+                "checkpoint.save_on_train_epoch_end": True,
                 "best_checkpoint.monitor": "val/elbo",
                 "best_checkpoint.mode": "max",
                 "best_checkpoint.filename": "best-{epoch:03d}-{step:06d}",
@@ -359,8 +363,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             run_lightning(argv)
         else:
             run_command(argv)
-    except (FileNotFoundError, ValueError, LookupError, FileExistsError) as err:
-        raise SystemExit(f"vaekit: error: {err}") from err
+    except (FileNotFoundError, FileExistsError, ValueError, ModalityNotFound) as err:
+        # Bad input gets one readable line; VAEKIT_DEBUG=1 keeps the traceback for bug reports.
+        if os.environ.get("VAEKIT_DEBUG"):
+            raise
+        raise SystemExit(f"vaekit: error: {err} (VAEKIT_DEBUG=1 shows the traceback)") from err
 
 
 if __name__ == "__main__":

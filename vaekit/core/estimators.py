@@ -18,7 +18,7 @@ def iw_nll(
     prior: Prior,
     log_likelihood: Callable[[Tensor, int], Tensor],
     num_samples: int,
-    max_rows: int = 8192,
+    max_rows: int = 1024,
 ) -> Tensor:
     """Importance-weighted estimate of -log p(x) per example (Burda et al. 2016).
 

@@ -74,7 +74,7 @@ class VAE(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         val_iw_samples: int = 0,
-        iw_max_rows: int = 8192,
+        iw_max_rows: int = 1024,
     ) -> None:
         super().__init__()
         if prior not in PRIORS:

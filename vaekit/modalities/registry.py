@@ -11,6 +11,10 @@ from vaekit.core.module import VAE
 GROUP = "vaekit.modalities"
 
 
+class ModalityNotFound(LookupError):
+    """No installed plugin provides the requested modality."""
+
+
 @dataclass(frozen=True)
 class Modality:
     """What a plugin registers: its model class (a ``VAE``) and its data module class."""
@@ -27,7 +31,7 @@ def available() -> list[str]:
 def get_modality(name: str) -> Modality:
     found = [ep for ep in entry_points(group=GROUP) if ep.name == name]
     if not found:
-        raise LookupError(
+        raise ModalityNotFound(
             f"no installed vaekit modality {name!r} (installed: {', '.join(available()) or 'none'}); "
             f"install the package that provides it (it registers under the entry-point group {GROUP!r})"
         )

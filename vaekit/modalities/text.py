@@ -1,0 +1,715 @@
+"""Text modality: a GRU sentence VAE (Bowman et al. 2016) with the usual defences against posterior collapse.
+
+Sentences are tokenised by a ``transformers`` fast tokenizer (trained on the corpus with ``tokenizers``,
+or loaded), stored in the checkpoint, and batched by length. The decoder is conditioned on z twice
+(initial state and every input step); word dropout, KL annealing, free bits and an autoencoder
+pre-training phase (Li et al. 2019) keep the latent in use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
+
+from vaekit.core.data import TensorDictDataset, VAEDataModule, load_hub_dataset, split_off
+from vaekit.core.io import write_text
+from vaekit.core.likelihoods import Categorical
+from vaekit.core.module import VAE, Batch
+from vaekit.core.schedules import BetaSchedule
+from vaekit.modalities.registry import Modality
+
+SPLIT_NAMES = {"train": ("train",), "val": ("valid", "val", "validation", "dev"), "test": ("test",)}
+SPECIALS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """What the text data tells the model; stored in every checkpoint, tokenizer included.
+
+    Two specs are equal when their vocabularies are (``vocab_digest``), whatever folder they came from.
+    """
+
+    vocab_size: int
+    vocab_digest: str
+    max_length: int
+    pad_token: str
+    bos_token: str
+    eos_token: str
+    unk_token: str
+    tokenizer_source: str = field(default="", compare=False)
+    tokenizer_json: str = field(default="", repr=False, compare=False)
+
+
+def vocab_digest(tokenizer: Any) -> str:
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+
+
+def tokenizer_from_spec(spec: TextSpec) -> Any:
+    """The ``PreTrainedTokenizerFast`` a checkpoint was trained with, rebuilt from its JSON."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(spec.tokenizer_json),
+        pad_token=spec.pad_token,
+        bos_token=spec.bos_token,
+        eos_token=spec.eos_token,
+        unk_token=spec.unk_token,
+    )
+
+
+def train_tokenizer(kind: Literal["word", "bpe"], texts: list[str], vocab_size: int, min_frequency: int) -> Any:
+    """A tokenizer trained on the training sentences: word-level for pre-tokenised text, byte-level BPE for raw."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(SPECIALS.values())
+    if kind == "word":
+        backend = Tokenizer(models.WordLevel(unk_token=SPECIALS["unk_token"]))
+        backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials)
+    else:
+        backend = Tokenizer(models.BPE(unk_token=SPECIALS["unk_token"]))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+    backend.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **SPECIALS)
+
+
+def load_tokenizer(name: str) -> Any:
+    """A saved tokenizer (a local folder or hub id), given any of pad/BOS/EOS/unknown tokens it lacks."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(
+            f"tokenizer {name!r} could not be loaded ({err}); pass a folder written by save_pretrained "
+            "(with tokenizer.json), a hub id, or 'word'/'bpe' to train one on the corpus"
+        ) from err
+    if not isinstance(tokenizer, PreTrainedTokenizerFast):
+        raise ValueError(f"tokenizer {name!r} is not a fast (tokenizers-backed) tokenizer; vaekit needs tokenizer.json")
+    missing = {key: token for key, token in SPECIALS.items() if getattr(tokenizer, key) is None}
+    if missing:
+        tokenizer.add_special_tokens(missing)
+    return tokenizer
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class LoadReport:
+    """What reading and tokenising a split left out or changed, counted rather than silently lost."""
+
+    blank: int = 0
+    bad_lines: int = 0
+    truncated: int = 0
+    dropped: int = 0
+
+
+def read_lines(path: Path, datamodule: VAEDataModule, report: LoadReport) -> list[str]:
+    """One sentence per line; non-UTF-8 lines are errors naming file and line (or counted skips), blanks skipped."""
+    raw = path.read_bytes()
+    lines = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        try:
+            text = line.decode("utf-8").strip()
+        except UnicodeDecodeError as err:
+            report.bad_lines += 1
+            datamodule.skip_or_raise(
+                f"{path}, line {number}: not valid UTF-8 (byte 0x{line[err.start]:02x} at column {err.start + 1}); "
+                "re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8"
+            )
+            continue
+        if text:
+            lines.append(text)
+        else:
+            report.blank += 1
+    if not lines:
+        datamodule.skip_or_raise(f"{path}: the file is empty (no non-blank lines); put one sentence per line in it")
+    return lines
+
+
+def find_split_file(folder: Path, split: str) -> Path | None:
+    """``train.txt``, ``ptb.train.txt``, ``valid.txt``... in ``folder``; an ambiguous match is an error."""
+    found: list[Path] = []
+    for name in SPLIT_NAMES[split]:
+        exact = folder / f"{name}.txt"
+        found += ([exact] if exact.is_file() else []) + sorted(folder.glob(f"*.{name}.txt"))
+    if len(found) > 1:
+        raise ValueError(f"{folder}: several {split} files ({', '.join(p.name for p in found)}); keep one")
+    return found[0] if found else None
+
+
+def _trim(batch: Batch) -> Batch:
+    """Collate: cut the padding columns no sentence of this batch needs."""
+    width = int(batch["lengths"].max())
+    return {k: v[:, :width] if v.dim() == 2 else v for k, v in batch.items()}
+
+
+class BucketBatchSampler(BatchSampler):
+    """Batches of sentences of similar length, so padding does not dominate.
+
+    The sampler's order is cut into pools of ``pool_batches`` batches, each pool sorted by length and cut
+    into batches; ``shuffle`` then shuffles the batch order. ``pool_batches=0`` sorts everything (evaluation).
+    Lightning re-creates it around a ``DistributedSampler`` under DDP (it takes ``sampler`` first).
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler[int],
+        batch_size: int,
+        drop_last: bool = False,
+        lengths: Tensor | None = None,
+        pool_batches: int = 50,
+        shuffle: bool = True,
+    ) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        if lengths is None:
+            raise ValueError("BucketBatchSampler needs the sentence lengths")
+        self.lengths = lengths.tolist()
+        self.pool_batches = pool_batches
+        self.shuffle = shuffle
+
+    def _batches(self) -> list[list[int]]:
+        indices = list(self.sampler)
+        pool = self.pool_batches * self.batch_size or len(indices) or 1
+        batches = []
+        for start in range(0, len(indices), pool):
+            chunk = sorted(indices[start : start + pool], key=self.lengths.__getitem__)
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.batch_size]
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches)).tolist()]
+        return batches
+
+    def __iter__(self):
+        yield from self._batches()
+
+    def __len__(self) -> int:
+        count = len(self.sampler)
+        pool = self.pool_batches * self.batch_size or count or 1
+        full, rest = divmod(count, pool)
+        per_pool = pool // self.batch_size if self.drop_last else math.ceil(pool / self.batch_size)
+        last = rest // self.batch_size if self.drop_last else math.ceil(rest / self.batch_size)
+        return full * per_pool + last
+
+
+class TextDataModule(VAEDataModule):
+    """Sentences (one per line) from local ``train/valid/test`` text files or a hub dataset id.
+
+    ``root``: a folder with ``train.txt`` (or ``*.train.txt``) and optionally ``valid.txt``/``test.txt``
+    (missing ones are split off the training data), or a hub id. ``tokenizer``: ``word`` (word-level,
+    for pre-tokenised text such as PTB), ``bpe`` (byte-level BPE, for raw text), or a saved tokenizer
+    folder / hub id. ``max_length`` caps tokens per sentence (BOS/EOS not counted); longer ones are
+    truncated or dropped (``overlong``) and counted. Tokenised splits are cached by ``datasets``.
+    ``limit`` keeps the first N sentences of each split (quick experiments).
+    Training batches are length-bucketed; evaluation batches are length-sorted; prediction
+    (`encode`/`score`) keeps the file order.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        tokenizer: str = "word",
+        vocab_size: int = 30000,
+        min_frequency: int = 1,
+        max_length: int = 64,
+        overlong: Literal["truncate", "drop"] = "truncate",
+        text_column: str = "text",
+        bucket_pool: int = 50,
+        limit: int | None = None,
+        **common: Any,
+    ) -> None:
+        super().__init__(root, **common)
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        self.tokenizer: Any = None
+        self.report = LoadReport()
+
+    # ---------------------------------------------------------------- spec
+    def adopt_spec(self, spec: TextSpec) -> None:
+        super().adopt_spec(spec)
+        self.tokenizer = tokenizer_from_spec(spec)
+
+    def make_spec(self, train: dict[str, Tensor]) -> TextSpec:
+        tok = self.tokenizer
+        source = (
+            self.hparams.tokenizer
+            if self.hparams.tokenizer not in ("word", "bpe")
+            else f"trained:{self.hparams.tokenizer}"
+        )
+        return TextSpec(
+            vocab_size=max(tok.get_vocab().values()) + 1,  # ids may have gaps (a special token also in the corpus)
+            vocab_digest=vocab_digest(tok),
+            max_length=self.hparams.max_length,
+            pad_token=tok.pad_token,
+            bos_token=tok.bos_token,
+            eos_token=tok.eos_token,
+            unk_token=tok.unk_token,
+            tokenizer_source=source,
+            tokenizer_json=tok.backend_tokenizer.to_str(),
+        )
+
+    # ---------------------------------------------------------------- loading
+    def load_splits(self) -> dict[str, dict[str, Tensor]]:
+        hp = self.hparams
+        texts = self._read_local(self.source.local) if self.source.local is not None else self._read_hub()
+        if "train" not in texts:
+            raise ValueError(
+                f"{self.source}: no training sentences (a train.txt or *.train.txt file, or a train split)"
+            )
+        if hp.limit:
+            texts = {name: lines[: hp.limit] for name, lines in texts.items()}
+        if self.tokenizer is None:
+            if hp.tokenizer in ("word", "bpe"):
+                self.tokenizer = train_tokenizer(hp.tokenizer, texts["train"], hp.vocab_size, hp.min_frequency)
+            else:
+                self.tokenizer = load_tokenizer(hp.tokenizer)
+        splits = {name: self._tokenize(lines, name) for name, lines in texts.items()}
+        if "test" not in splits:
+            splits["train"], splits["test"] = split_off(splits["train"], hp.test_fraction, hp.seed + 1)
+        if "val" not in splits:
+            splits["train"], splits["val"] = split_off(splits["train"], hp.val_fraction, hp.seed)
+        self._warn_report()
+        return splits
+
+    def _read_local(self, folder: Path) -> dict[str, list[str]]:
+        if folder.is_file():
+            raise ValueError(f"{folder}: --data.root must be a folder holding train.txt (and valid.txt, test.txt)")
+        texts = {}
+        for split in SPLIT_NAMES:
+            path = find_split_file(folder, split)
+            if path is not None:
+                lines = read_lines(path, self, self.report)
+                if lines:
+                    texts[split] = lines
+        return texts
+
+    def _read_hub(self) -> dict[str, list[str]]:
+        dataset = load_hub_dataset(self.source.hub_id)
+        texts = {}
+        for split, names in SPLIT_NAMES.items():
+            name = next((n for n in names if n in dataset), None)
+            if name is None:
+                continue
+            rows = dataset[name]
+            column = self._text_column(rows.features)
+            lines = [str(t).strip() for t in rows[column]]
+            self.report.blank += sum(1 for t in lines if not t)
+            texts[split] = [t for t in lines if t]
+        return texts
+
+    def _text_column(self, features: Any) -> str:
+        if self.hparams.text_column in features:
+            return self.hparams.text_column
+        strings = [name for name, f in features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+        if len(strings) != 1:
+            raise ValueError(
+                f"{self.source}: no {self.hparams.text_column!r} column and {len(strings)} text columns "
+                f"({', '.join(strings)}); choose one with --data.text_column"
+            )
+        return strings[0]
+
+    def _tokenize(self, lines: list[str], split: str) -> dict[str, Tensor]:
+        """Token ids with BOS and EOS, padded, tokenised once by ``datasets.map`` and cached on disk."""
+        import datasets
+
+        key = hashlib.sha256(
+            json.dumps(
+                [lines, self.tokenizer.backend_tokenizer.to_str(), self.hparams.max_length, self.hparams.overlong]
+            ).encode()
+        ).hexdigest()[:24]
+        cache = Path(datasets.config.HF_DATASETS_CACHE) / "vaekit_text" / f"{split}-{key}.arrow"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tokenizer = self.tokenizer
+        ids = datasets.Dataset.from_dict({"text": lines}).map(
+            lambda rows: {"ids": tokenizer(rows["text"], add_special_tokens=False)["input_ids"]},
+            batched=True,
+            remove_columns=["text"],
+            cache_file_name=str(cache),
+            new_fingerprint=key,
+            desc=f"tokenising {split}",
+        )["ids"]
+        return self.pack(ids)
+
+    def pack(self, token_ids: list[list[int]]) -> dict[str, Tensor]:
+        """BOS + ids + EOS, capped at ``max_length`` tokens, padded into a tensor batch (counts what was cut)."""
+        tok, cap = self.tokenizer, self.hparams.max_length
+        kept = []
+        for ids in token_ids:
+            if len(ids) > cap:
+                if self.hparams.overlong == "drop":
+                    self.report.dropped += 1
+                    continue
+                self.report.truncated += 1
+                ids = ids[:cap]
+            kept.append([tok.bos_token_id, *ids, tok.eos_token_id])
+        if not kept:
+            raise ValueError(f"{self.source}: every sentence is longer than max_length={cap}; raise --data.max_length")
+        lengths = torch.tensor([len(ids) for ids in kept])
+        x = torch.full((len(kept), int(lengths.max())), tok.pad_token_id, dtype=torch.long)
+        for row, ids in enumerate(kept):
+            x[row, : len(ids)] = torch.tensor(ids)
+        mask = torch.arange(x.shape[1]) < lengths[:, None]
+        return {"x": x, "mask": mask, "lengths": lengths, "label": torch.full((len(kept),), -1)}
+
+    def _warn_report(self) -> None:
+        r = self.report
+        parts = [
+            f"{r.blank} blank line(s) skipped" if r.blank else "",
+            f"{r.bad_lines} non-UTF-8 line(s) skipped" if r.bad_lines else "",
+            f"{r.truncated} sentence(s) truncated to {self.hparams.max_length} tokens" if r.truncated else "",
+            f"{r.dropped} sentence(s) over {self.hparams.max_length} tokens dropped" if r.dropped else "",
+        ]
+        if any(parts):
+            rank_zero_warn(f"{self.source}: " + "; ".join(p for p in parts if p))
+
+    def load_inputs(self, items: list[str]) -> dict[str, Tensor]:
+        """Each item is a file (one sentence per line) if such a file exists, else a sentence itself."""
+        lines: list[str] = []
+        for item in items:
+            path = Path(item)
+            if path.is_file():
+                lines += read_lines(path, self, self.report)
+            elif item.strip():
+                lines.append(item.strip())
+            else:
+                raise ValueError("an empty sentence was given; pass a sentence or a file with one per line")
+        if not lines:
+            raise ValueError(f"no sentences in {', '.join(items)}")
+        return _trim(self.pack(self.tokenizer(lines, add_special_tokens=False)["input_ids"]))
+
+    # ---------------------------------------------------------------- batches
+    def loader(self, split: str, shuffle: bool = False, sort_by_length: bool = False) -> DataLoader:
+        if split not in self.splits:
+            raise ValueError(f"no {split!r} split in {self.source}; available: {sorted(self.splits)}")
+        hp = self.hparams
+        dataset = TensorDictDataset(self.splits[split])
+        batch_size = hp.batch_size if shuffle else (hp.eval_batch_size or hp.batch_size)
+        common = {"collate_fn": _trim, "num_workers": hp.num_workers}
+        if not (shuffle or sort_by_length):
+            return DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
+        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        batches = BucketBatchSampler(
+            sampler,
+            batch_size,
+            drop_last=False,
+            lengths=self.splits[split]["lengths"],
+            pool_batches=hp.bucket_pool if shuffle else 0,
+            shuffle=shuffle,
+        )
+        return DataLoader(dataset, batch_sampler=batches, **common)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val", sort_by_length=True)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader(self.eval_split, sort_by_length=True)
+
+
+# --------------------------------------------------------------------------- networks
+
+
+class GRUEncoder(nn.Module):
+    """Embeds the sentence, reads it with a (bi)GRU over packed sequences; last hidden state(s) -> (mean, logvar)."""
+
+    def __init__(
+        self, vocab: int, embed: int, hidden: int, layers: int, bidirectional: bool, latent: int, pad_id: int
+    ) -> None:
+        super().__init__()
+        self.directions = 2 if bidirectional else 1
+        self.embed = nn.Embedding(vocab, embed, padding_idx=pad_id)
+        self.rnn = nn.GRU(embed, hidden, layers, batch_first=True, bidirectional=bidirectional)
+        self.head = nn.Linear(hidden * self.directions, 2 * latent)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        packed = pack_padded_sequence(self.embed(x), lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, last = self.rnn(packed)  # (layers * directions, B, H), in batch order
+        top = last[-self.directions :].transpose(0, 1).reshape(x.shape[0], -1)
+        mean, logvar = self.head(top).chunk(2, dim=-1)
+        return mean, logvar
+
+
+class GRUDecoder(nn.Module):
+    """GRU language model conditioned on z: z sets the initial state and is concatenated to every input."""
+
+    def __init__(self, vocab: int, embed: int, hidden: int, layers: int, latent: int, pad_id: int, dropout: float):
+        super().__init__()
+        self.layers, self.hidden = layers, hidden
+        self.embed = nn.Embedding(vocab, embed, padding_idx=pad_id)
+        self.init_state = nn.Linear(latent, layers * hidden)
+        self.rnn = nn.GRU(embed + latent, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, vocab)
+
+    def initial_state(self, z: Tensor) -> Tensor:
+        return torch.tanh(self.init_state(z)).view(-1, self.layers, self.hidden).transpose(0, 1).contiguous()
+
+    def forward(self, inputs: Tensor, lengths: Tensor, z: Tensor, packed: bool = True) -> Tensor:
+        """Logits (B, T, V) for the next token at each input position; positions past ``lengths`` are padding."""
+        steps = inputs.shape[1]
+        feed = torch.cat([self.dropout(self.embed(inputs)), z.unsqueeze(1).expand(-1, steps, -1)], dim=-1)
+        if packed:
+            seq = pack_padded_sequence(feed, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, _ = self.rnn(seq, self.initial_state(z))
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=steps)
+        else:
+            out, _ = self.rnn(feed, self.initial_state(z))
+        return self.out(self.dropout(out))
+
+    def step(self, tokens: Tensor, state: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        """One decoding step: next-token logits (B, V) and the new state."""
+        feed = torch.cat([self.embed(tokens), z], dim=-1).unsqueeze(1)
+        out, state = self.rnn(feed, state)
+        return self.out(out[:, 0]), state
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+@dataclass
+class TextGenerationOptions:
+    """Decoding flags of `vaekit sample/reconstruct/interpolate/traverse` for text.
+
+    strategy: ``sample`` (ancestral, with ``token_temperature``, ``top_k``, ``top_p``), ``greedy`` or ``beam``.
+    max_length: token cap per sentence (EOS included); 0 means the training ``max_length`` + 1.
+    """
+
+    strategy: str = "sample"
+    token_temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    beam_width: int = 4
+    max_length: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("sample", "greedy", "beam"):
+            raise ValueError(f"--strategy must be sample, greedy or beam, not {self.strategy!r}")
+        if self.token_temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.beam_width < 1:
+            raise ValueError("need --token-temperature > 0, 0 < --top-p <= 1, --top-k >= 0 and --beam-width >= 1")
+
+
+def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Logits with everything outside the top-k and outside the top-p nucleus set to -inf."""
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        outside = cumulative - sorted_logits.softmax(-1) >= top_p  # the mass before this token already reaches p
+        logits = logits.masked_fill(outside.scatter(-1, order, outside), -math.inf)
+    return logits
+
+
+class TextVAE(VAE):
+    """GRU sentence VAE.
+
+    ``word_dropout``: probability of replacing a decoder input token by the unknown token while training
+    (Bowman et al.), so the decoder must lean on z. ``pretrain_ae_steps``: the first N steps train an
+    autoencoder (KL weight 0); at step N the decoder is re-initialised and the ``beta`` schedule starts
+    from its step 0 (Li et al. 2019). ``packed``: run the decoder on packed sequences (skips padding; on
+    GPUs with length-bucketed batches ``false`` can be faster, with identical results).
+    """
+
+    modality = "text"
+    spec_type = TextSpec
+    generation_options = TextGenerationOptions
+
+    def __init__(
+        self,
+        latent_dim: int = 32,
+        embed_dim: int = 256,
+        hidden_dim: int = 512,
+        encoder_layers: int = 1,
+        decoder_layers: int = 1,
+        bidirectional: bool = True,
+        dropout: float = 0.0,
+        word_dropout: float = 0.0,
+        pretrain_ae_steps: int = 0,
+        packed: bool = False,
+        **core: Any,
+    ) -> None:
+        super().__init__(latent_dim=latent_dim, **core)
+        if not 0 <= word_dropout < 1:
+            raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout}")
+        if pretrain_ae_steps > 0:
+            self.beta = AfterPretraining(self.beta, pretrain_ae_steps)
+        self._decoder_reset_step = -1
+
+    def build(self, spec: TextSpec) -> None:
+        hp = self.hparams
+        self.tokenizer = tokenizer_from_spec(spec)
+        self.pad_id, self.bos_id = self.tokenizer.pad_token_id, self.tokenizer.bos_token_id
+        self.eos_id, self.unk_id = self.tokenizer.eos_token_id, self.tokenizer.unk_token_id
+        vocab = spec.vocab_size
+        self.encoder = GRUEncoder(
+            vocab, hp.embed_dim, hp.hidden_dim, hp.encoder_layers, hp.bidirectional, hp.latent_dim, self.pad_id
+        )
+        self.decoder = GRUDecoder(
+            vocab, hp.embed_dim, hp.hidden_dim, hp.decoder_layers, hp.latent_dim, self.pad_id, hp.dropout
+        )
+        self.likelihood = Categorical()
+
+    # ---------------------------------------------------------------- hooks
+    def encode_params(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        return self.encoder(batch["x"], batch["lengths"])
+
+    def decoder_inputs(self, batch: Batch) -> Tensor:
+        """Teacher forcing: BOS..last word (EOS dropped); word dropout replaces non-BOS tokens while training."""
+        inputs = batch["x"][:, :-1]
+        rate = self.hparams.word_dropout
+        if self.training and rate > 0:
+            drop = torch.rand(inputs.shape, device=inputs.device) < rate
+            drop[:, 0] = False
+            inputs = inputs.masked_fill(drop & batch["mask"][:, :-1].bool(), self.unk_id)
+        return inputs
+
+    def decode_params(self, z: Tensor, batch: Batch) -> Tensor:
+        return self.decoder(self.decoder_inputs(batch), batch["lengths"] - 1, z, packed=self.hparams.packed)
+
+    def log_likelihood(self, params: Tensor, batch: Batch) -> Tensor:
+        """Sum of log p(token) over each sentence's tokens after BOS (EOS included); padding costs nothing."""
+        return self.likelihood.log_prob(params, batch["x"][:, 1:], batch["mask"][:, 1:])
+
+    def num_units(self, batch: Batch) -> Tensor:
+        return batch["lengths"] - 1
+
+    def summary_metrics(self, nll_sum: float, units_sum: float) -> dict[str, float]:
+        return {"ppl": math.exp(nll_sum / units_sum)}
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        """End of the autoencoder phase: a fresh decoder (and fresh Adam moments for it) learns with the KL on."""
+        step = self.hparams.pretrain_ae_steps
+        if step > 0 and self.global_step == step and self._decoder_reset_step != step:
+            self._decoder_reset_step = step
+            for module in self.decoder.modules():
+                if module is not self.decoder and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+            optimizer = self.optimizers().optimizer
+            for param in self.decoder.parameters():
+                optimizer.state.pop(param, None)
+
+    # ---------------------------------------------------------------- decoding
+    def generate(self, z: Tensor, **options: Any) -> list[str]:
+        opts = TextGenerationOptions(**options)
+        max_length = opts.max_length or self.spec.max_length + 1
+        if opts.strategy == "beam":
+            tokens = self.beam_search(z, opts.beam_width, max_length)
+        else:
+            tokens = self.decode_tokens(z, max_length, opts)
+        return self.to_text(tokens)
+
+    def decode_tokens(self, z: Tensor, max_length: int, opts: TextGenerationOptions) -> Tensor:
+        """Greedy or ancestral decoding of a batch; (B, <= max_length) ids, padding after each EOS."""
+        batch = z.shape[0]
+        state = self.decoder.initial_state(z)
+        tokens = torch.full((batch,), self.bos_id, dtype=torch.long, device=z.device)
+        done = torch.zeros(batch, dtype=torch.bool, device=z.device)
+        out = []
+        for _ in range(max_length):
+            logits, state = self.decoder.step(tokens, state, z)
+            if opts.strategy == "greedy":
+                tokens = logits.argmax(-1)
+            else:
+                logits = filter_logits(logits / opts.token_temperature, opts.top_k, opts.top_p)
+                tokens = torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
+            tokens = tokens.masked_fill(done, self.pad_id)
+            out.append(tokens)
+            done = done | (tokens == self.eos_id)
+            if bool(done.all()):
+                break
+        return torch.stack(out, dim=1)
+
+    def beam_search(self, z: Tensor, width: int, max_length: int) -> Tensor:
+        """Batched beam search on the summed log-probability; width 1 is greedy decoding."""
+        batch, vocab = z.shape[0], self.spec.vocab_size
+        zb = z.repeat_interleave(width, dim=0)
+        state = self.decoder.initial_state(zb)
+        tokens = torch.full((batch * width,), self.bos_id, dtype=torch.long, device=z.device)
+        scores = torch.full((batch, width), -math.inf, device=z.device)
+        scores[:, 0] = 0.0  # all beams start identical: expand only the first
+        done = torch.zeros(batch * width, dtype=torch.bool, device=z.device)
+        history = torch.empty(batch * width, 0, dtype=torch.long, device=z.device)
+        offsets = (torch.arange(batch, device=z.device) * width).unsqueeze(1)
+        for _ in range(max_length):
+            logits, state = self.decoder.step(tokens, state, zb)
+            logp = logits.log_softmax(-1)
+            # A finished beam continues only with padding, at no cost, so its score stays fixed.
+            finished = torch.full_like(logp, -math.inf)
+            finished[:, self.pad_id] = 0.0
+            logp = torch.where(done.unsqueeze(1), finished, logp)
+            candidates = (scores.view(-1, 1) + logp).view(batch, width * vocab)
+            scores, index = candidates.topk(width, dim=-1)
+            rows = (offsets + index // vocab).view(-1)
+            tokens = (index % vocab).view(-1)
+            state = state[:, rows]
+            history = torch.cat([history[rows], tokens.unsqueeze(1)], dim=1)
+            done = done[rows] | (tokens == self.eos_id)
+            if bool(done.all()):
+                break
+        best = scores.argmax(-1) + offsets.squeeze(1)
+        return history[best]
+
+    def to_text(self, tokens: Tensor) -> list[str]:
+        """Ids -> sentences: cut at the first EOS, drop BOS/padding, keep <unk> visible."""
+        texts = []
+        for row in tokens.tolist():
+            if self.eos_id in row:
+                row = row[: row.index(self.eos_id)]
+            row = [t for t in row if t not in (self.bos_id, self.pad_id)]
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=False).strip())
+        return texts
+
+    def as_outputs(self, batch: Batch) -> list[str]:
+        return self.to_text(batch["x"][:, 1:])
+
+    def save_outputs(self, data: list[str], out_dir: Path, stem: str, nrow: int | None = None) -> list[Path]:
+        """``stem``.txt (one sentence per line) and ``stem``.jsonl ({"index", "text"}, plus "row"/"step" in grids)."""
+        records = []
+        for i, text in enumerate(data):
+            record: dict[str, Any] = {"index": i, "text": text}
+            if nrow:
+                record.update(row=i // nrow, step=i % nrow)
+            records.append(json.dumps(record, ensure_ascii=False))
+        out_dir = Path(out_dir)
+        return [
+            write_text(out_dir / f"{stem}.txt", "".join(f"{t}\n" for t in data)),
+            write_text(out_dir / f"{stem}.jsonl", "".join(f"{r}\n" for r in records)),
+        ]
+
+
+@dataclass
+class AfterPretraining:
+    """A KL-weight schedule delayed by an autoencoder phase: 0 for ``steps`` steps, then ``schedule`` from 0."""
+
+    schedule: BetaSchedule
+    steps: int
+
+    def __call__(self, step: int) -> float:
+        return 0.0 if step < self.steps else self.schedule(step - self.steps)
+
+
+MODALITY = Modality(name="text", model=TextVAE, datamodule=TextDataModule)
