@@ -22,7 +22,6 @@ import librosa
 import numpy as np
 import soundfile as sf
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 from torchaudio import transforms as T
@@ -31,6 +30,7 @@ from vaekit.core.data import VAEDataModule, load_hub_dataset
 from vaekit.core.io import atomic_path
 from vaekit.core.likelihoods import Gaussian, Laplace
 from vaekit.core.module import VAE, Batch, ELBOTerms
+from vaekit.core.networks import ConvDecoder, ConvEncoder
 from vaekit.modalities.registry import Modality
 
 # Formats libsndfile reads (MP3 and Opus with libsndfile >= 1.1); others are not audio to us.
@@ -506,71 +506,6 @@ class AudioDataModule(VAEDataModule):
         return {**batch, "mel": self._features(batch["x"])}
 
 
-# --------------------------------------------------------------------------- networks
-
-
-def _padded(size: int, scale: int) -> int:
-    return math.ceil(size / scale) * scale
-
-
-class _Residual(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.SiLU())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(x)
-
-
-class MelEncoder(nn.Module):
-    """Strided 2-D convolutions over (mel, time), zero-padded to a multiple of ``2 ** len(channels)``, then a dense head."""
-
-    def __init__(self, spec: AudioSpec, channels: list[int], blocks: int, hidden: int, latent_dim: int) -> None:
-        super().__init__()
-        scale = 2 ** len(channels)
-        self.padded = (_padded(spec.n_mels, scale), _padded(spec.num_frames, scale))
-        layers: list[nn.Module] = []
-        previous = 1
-        for width in channels:
-            layers += [nn.Conv2d(previous, width, 4, stride=2, padding=1), nn.SiLU()]
-            layers += [_Residual(width) for _ in range(blocks)]
-            previous = width
-        self.features = nn.Sequential(*layers, nn.Flatten())
-        flat = previous * (self.padded[0] // scale) * (self.padded[1] // scale)
-        self.head = nn.Sequential(nn.Linear(flat, hidden), nn.SiLU(), nn.Linear(hidden, 2 * latent_dim))
-
-    def forward(self, mel: Tensor) -> tuple[Tensor, Tensor]:
-        x = F.pad(mel.unsqueeze(1), (0, self.padded[1] - mel.shape[2], 0, self.padded[0] - mel.shape[1]))
-        mean, logvar = self.head(self.features(x)).chunk(2, dim=-1)
-        return mean, logvar
-
-
-class MelDecoder(nn.Module):
-    """Mirror of the encoder: dense layers, transposed convolutions, cropped back to (n_mels, frames)."""
-
-    def __init__(self, spec: AudioSpec, channels: list[int], blocks: int, hidden: int, latent_dim: int) -> None:
-        super().__init__()
-        scale = 2 ** len(channels)
-        self.size = (spec.n_mels, spec.num_frames)
-        self.start = (channels[-1], _padded(spec.n_mels, scale) // scale, _padded(spec.num_frames, scale) // scale)
-        self.head = nn.Sequential(
-            nn.Linear(latent_dim, hidden), nn.SiLU(), nn.Linear(hidden, math.prod(self.start)), nn.SiLU()
-        )
-        layers: list[nn.Module] = []
-        widths = list(reversed(channels))
-        for i, width in enumerate(widths):
-            layers += [_Residual(width) for _ in range(blocks)]
-            last = i == len(widths) - 1
-            layers.append(nn.ConvTranspose2d(width, 1 if last else widths[i + 1], 4, stride=2, padding=1))
-            if not last:
-                layers.append(nn.SiLU())
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, z: Tensor) -> Tensor:
-        out = self.body(self.head(z).view(-1, *self.start))
-        return out[:, 0, : self.size[0], : self.size[1]]
-
-
 @dataclass(frozen=True)
 class AudioGenerationOptions:
     """Flags of the generation commands, e.g. ``vaekit sample CKPT --griffin-lim-iters 200``."""
@@ -605,9 +540,15 @@ class AudioVAE(VAE):
 
     def build(self, spec: AudioSpec) -> None:
         hp = self.hparams
-        args = (spec, list(hp.channels), hp.blocks_per_stage, hp.hidden, hp.latent_dim)
-        self.encoder = MelEncoder(*args)
-        self.decoder = MelDecoder(*args)
+        size, stages = (spec.n_mels, spec.num_frames), list(hp.channels)
+        # The shared 2-D networks see a log-mel (B, n_mels, frames) as a one-channel image.
+        self.encoder = nn.Sequential(
+            nn.Unflatten(1, (1, spec.n_mels)),
+            ConvEncoder(1, size, stages, hp.blocks_per_stage, hp.hidden, hp.latent_dim),
+        )
+        self.decoder = nn.Sequential(
+            ConvDecoder(1, size, stages, hp.blocks_per_stage, hp.hidden, hp.latent_dim), nn.Flatten(1, 2)
+        )
         self.likelihood = (Gaussian if hp.likelihood == "gaussian" else Laplace)(spec.n_mels, hp.scale)
         self.features = LogMel(spec)
         self.inverse_mel = T.InverseMelScale(spec.n_stft, spec.n_mels, spec.sample_rate, spec.f_min, spec.f_max)

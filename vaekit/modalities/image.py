@@ -13,12 +13,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch import Tensor, nn
+from torch import Tensor
 
 from vaekit.core.data import VAEDataModule, load_hub_dataset, split_off
 from vaekit.core.io import atomic_path
 from vaekit.core.likelihoods import Bernoulli, Gaussian
 from vaekit.core.module import VAE, Batch, bits_per_dim
+from vaekit.core.networks import ConvDecoder, ConvEncoder
 from vaekit.modalities.registry import Modality
 
 # --------------------------------------------------------------------------- data
@@ -230,66 +231,7 @@ class ImageDataModule(VAEDataModule):
         return {**batch, "x": x}
 
 
-# --------------------------------------------------------------------------- networks
-
-
-def _block(channels: int) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.SiLU())
-
-
-class _Residual(nn.Module):
-    def __init__(self, body: nn.Module) -> None:
-        super().__init__()
-        self.body = body
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(x)
-
-
-class ConvEncoder(nn.Module):
-    """Strided convolutions halving the image ``len(channels)`` times, then a dense head -> (mean, logvar)."""
-
-    def __init__(self, spec: ImageSpec, channels: list[int], blocks: int, hidden: int, latent_dim: int) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        previous = spec.channels
-        for width in channels:
-            layers += [nn.Conv2d(previous, width, 4, stride=2, padding=1), nn.SiLU()]
-            layers += [_Residual(_block(width)) for _ in range(blocks)]
-            previous = width
-        self.features = nn.Sequential(*layers, nn.Flatten())
-        scale = 2 ** len(channels)
-        flat = previous * (spec.height // scale) * (spec.width // scale)
-        self.head = nn.Sequential(nn.Linear(flat, hidden), nn.SiLU(), nn.Linear(hidden, 2 * latent_dim))
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        mean, logvar = self.head(self.features(x)).chunk(2, dim=-1)
-        return mean, logvar
-
-
-class ConvDecoder(nn.Module):
-    """Mirror of the encoder: dense layers, then transposed convolutions back to the image size."""
-
-    def __init__(self, spec: ImageSpec, channels: list[int], blocks: int, hidden: int, latent_dim: int) -> None:
-        super().__init__()
-        scale = 2 ** len(channels)
-        self.start = (channels[-1], spec.height // scale, spec.width // scale)
-        self.head = nn.Sequential(
-            nn.Linear(latent_dim, hidden), nn.SiLU(), nn.Linear(hidden, math.prod(self.start)), nn.SiLU()
-        )
-        layers: list[nn.Module] = []
-        widths = list(reversed(channels))
-        for i, width in enumerate(widths):
-            layers += [_Residual(_block(width)) for _ in range(blocks)]
-            last = i == len(widths) - 1
-            out = spec.channels if last else widths[i + 1]
-            layers.append(nn.ConvTranspose2d(width, out, 4, stride=2, padding=1))
-            if not last:
-                layers.append(nn.SiLU())
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.body(self.head(z).view(-1, *self.start))
+# --------------------------------------------------------------------------- model
 
 
 class ImageVAE(VAE):
@@ -327,9 +269,9 @@ class ImageVAE(VAE):
             )
         if hp.likelihood == "bernoulli" and not spec.binarized:
             raise ValueError("the Bernoulli likelihood needs binary data: set --data.binarize true, or use gaussian")
-        args = (spec, list(hp.channels), hp.blocks_per_stage, hp.hidden, hp.latent_dim)
-        self.encoder = ConvEncoder(*args)
-        self.decoder = ConvDecoder(*args)
+        size, stages = (spec.height, spec.width), list(hp.channels)
+        self.encoder = ConvEncoder(spec.channels, size, stages, hp.blocks_per_stage, hp.hidden, hp.latent_dim)
+        self.decoder = ConvDecoder(spec.channels, size, stages, hp.blocks_per_stage, hp.hidden, hp.latent_dim)
         self.likelihood = Bernoulli() if hp.likelihood == "bernoulli" else Gaussian(spec.channels, hp.gaussian_scale)
         if hp.channels_last:
             self.encoder.to(memory_format=torch.channels_last)
