@@ -134,8 +134,12 @@ class Session:
     def generate(self, z: torch.Tensor) -> Any:
         return self.model.generate(z, **self.options)
 
-    def trainer(self) -> pl.Trainer:
-        """A one-device Lightning trainer for the evaluation loops (progress bar, device placement)."""
+    def evaluation_trainer(self) -> pl.Trainer:
+        """A one-device Lightning trainer over ``--split`` (progress bar, device placement), set up from the flags."""
+        self.model.eval_iw_samples = getattr(self.args, "iw_samples", 0)
+        self.datamodule.eval_split = self.args.split
+        if self.args.batch_size:
+            self.datamodule.hparams.eval_batch_size = self.args.batch_size
         max_examples = getattr(self.args, "max_examples", None)
         batch_size = self.datamodule.hparams.eval_batch_size or self.datamodule.hparams.batch_size
         limit = math.ceil(max_examples / batch_size) if max_examples else 1.0
@@ -193,22 +197,12 @@ def cmd_traverse(s: Session) -> list[Path]:
 
 
 def _run_predict(s: Session) -> dict[str, torch.Tensor]:
-    s.model.eval_iw_samples = getattr(s.args, "iw_samples", 0)
-    datamodule = s.datamodule
-    datamodule.eval_split = s.args.split
-    if s.args.batch_size:
-        datamodule.hparams.eval_batch_size = s.args.batch_size
-    outputs = s.trainer().predict(s.model, datamodule=datamodule)
+    outputs = s.evaluation_trainer().predict(s.model, datamodule=s.datamodule)
     return {k: torch.cat([o[k] for o in outputs]).cpu() for k in outputs[0]}
 
 
 def cmd_evaluate(s: Session) -> list[Path]:
-    s.model.eval_iw_samples = s.args.iw_samples
-    datamodule = s.datamodule
-    datamodule.eval_split = s.args.split
-    if s.args.batch_size:
-        datamodule.hparams.eval_batch_size = s.args.batch_size
-    s.trainer().test(s.model, datamodule=datamodule, verbose=False)
+    s.evaluation_trainer().test(s.model, datamodule=s.datamodule, verbose=False)
     result = {"split": s.args.split, **s.model.evaluation}
     out = Path(s.args.out)
     write_text(out, json.dumps(result, indent=2) + "\n")
@@ -218,10 +212,10 @@ def cmd_evaluate(s: Session) -> list[Path]:
 
 def cmd_encode(s: Session) -> list[Path]:
     outputs = _run_predict(s)
-    out = Path(s.args.out)
-    with atomic_path(out if out.suffix == ".npz" else out.with_suffix(".npz")) as tmp, open(tmp, "wb") as handle:
+    out = Path(s.args.out).with_suffix(".npz")
+    with atomic_path(out) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, mean=outputs["mean"].numpy(), logvar=outputs["logvar"].numpy(), label=outputs["label"].numpy())
-    paths = [out if out.suffix == ".npz" else out.with_suffix(".npz")]
+    paths = [out]
     if s.args.plot:
         from vaekit.plots import latent_scatter
 
