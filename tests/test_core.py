@@ -144,6 +144,7 @@ def test_free_bits_clamps_per_dimension_batch_mean():
 
 def test_beta_schedules_at_known_steps():
     assert BetaSchedule("constant", max=0.7)(12345) == 0.7
+    assert [BetaSchedule("constant", max=0.7, start_step=10)(s) for s in (9, 10)] == [0.0, 0.7]
     linear = BetaSchedule("linear", max=1.0, warmup_steps=100, start_step=50)
     assert [linear(s) for s in (0, 50, 100, 150, 1000)] == [0.0, 0.0, 0.5, 1.0, 1.0]
     cyclical = BetaSchedule("cyclical", max=2.0, cycle_steps=100, ratio=0.5)

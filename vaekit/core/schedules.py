@@ -13,9 +13,11 @@ from torch import Tensor
 class BetaSchedule:
     """Weight of the KL term as a function of the optimiser step.
 
-    - ``constant``: ``max`` at every step.
-    - ``linear``: 0 at ``start_step``, rising linearly to ``max`` at ``start_step + warmup_steps``
-      (Bowman et al. 2016 annealing).
+    Every schedule is 0 before ``start_step`` and counts its steps from there (an autoencoder
+    pre-training phase, say).
+
+    - ``constant``: ``max``.
+    - ``linear``: rising linearly from 0 to ``max`` over ``warmup_steps`` (Bowman et al. 2016 annealing).
     - ``cyclical``: repeats every ``cycle_steps``; rises linearly over the first ``ratio`` of each
       cycle, then holds at ``max`` (Fu et al. 2019). ``num_cycles`` > 0 stops cycling after that many,
       holding ``max``.
@@ -36,11 +38,11 @@ class BetaSchedule:
             raise ValueError("cyclical beta needs cycle_steps > 0 and 0 < ratio <= 1")
 
     def __call__(self, step: int) -> float:
-        if self.schedule == "constant":
-            return self.max
         step = step - self.start_step
         if step < 0:
             return 0.0
+        if self.schedule == "constant":
+            return self.max
         if self.schedule == "linear":
             return self.max if self.warmup_steps <= 0 else self.max * min(1.0, step / self.warmup_steps)
         if self.num_cycles and step >= self.num_cycles * self.cycle_steps:

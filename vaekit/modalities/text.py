@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +25,6 @@ from vaekit.core.data import TensorDictDataset, VAEDataModule, load_hub_dataset,
 from vaekit.core.io import write_text
 from vaekit.core.likelihoods import Categorical
 from vaekit.core.module import VAE, Batch
-from vaekit.core.schedules import BetaSchedule
 from vaekit.modalities.registry import Modality
 
 SPLIT_NAMES = {"train": ("train",), "val": ("valid", "val", "validation", "dev"), "test": ("test",)}
@@ -555,8 +554,8 @@ class TextVAE(VAE):
         super().__init__(latent_dim=latent_dim, **core)
         if not 0 <= word_dropout < 1:
             raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout}")
-        if pretrain_ae_steps > 0:
-            self.beta = AfterPretraining(self.beta, pretrain_ae_steps)
+        if pretrain_ae_steps > 0:  # the KL schedule starts when the autoencoder phase ends
+            self.beta = replace(self.beta, start_step=self.beta.start_step + pretrain_ae_steps)
         self._decoder_reset_step = -1
 
     def build(self, spec: TextSpec) -> None:
@@ -699,17 +698,6 @@ class TextVAE(VAE):
             write_text(out_dir / f"{stem}.txt", "".join(f"{t}\n" for t in data)),
             write_text(out_dir / f"{stem}.jsonl", "".join(f"{r}\n" for r in records)),
         ]
-
-
-@dataclass
-class AfterPretraining:
-    """A KL-weight schedule delayed by an autoencoder phase: 0 for ``steps`` steps, then ``schedule`` from 0."""
-
-    schedule: BetaSchedule
-    steps: int
-
-    def __call__(self, step: int) -> float:
-        return 0.0 if step < self.steps else self.schedule(step - self.steps)
 
 
 MODALITY = Modality(name="text", model=TextVAE, datamodule=TextDataModule)
