@@ -23,8 +23,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from vaekit import recipes
-from vaekit.cli import VAEKitCLI
+from vaekit.cli import build_cli
 from vaekit.core.data import VAEDataModule
 from vaekit.core.module import VAE
 
@@ -50,15 +49,7 @@ class _StepTimer(pl.Callback):
 
 def build(config: str, overrides: list[str]) -> tuple[VAE, VAEDataModule, int]:
     """Model, data module and the recipe's logging interval, from the config as `vaekit fit` reads it."""
-    cli = VAEKitCLI(
-        VAE,
-        VAEDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        args=["--config", recipes.resolve_config(config), *overrides],
-        save_config_callback=None,
-    )
+    cli = build_cli(["--config", config, *overrides], run=False, save_config_callback=None)
     cli.datamodule.setup("fit")
     cli.model.attach_spec(cli.datamodule.spec)
     return cli.model, cli.datamodule, cli.trainer.log_every_n_steps

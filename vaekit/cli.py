@@ -79,19 +79,25 @@ class VAEKitCLI(LightningCLI):
             print(f"checkpoints: {callback.dirpath} (last: {Path(callback.dirpath) / 'last.ckpt'})")
 
 
-def run_lightning(argv: list[str]) -> None:
+def build_cli(argv: list[str], **kwargs: Any) -> VAEKitCLI:
+    """vaekit's LightningCLI over ``argv``, with ``--config`` names resolved to the shipped recipes."""
+    argv = list(argv)
     for i, arg in enumerate(argv[:-1]):
         if arg in ("--config", "-c"):
             argv[i + 1] = recipes.resolve_config(argv[i + 1])
-    VAEKitCLI(
+    return VAEKitCLI(
         VAE,
         VAEDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=argv,
-        save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
+        **kwargs,
     )
+
+
+def run_lightning(argv: list[str]) -> None:
+    build_cli(argv, save_config_kwargs={"overwrite": True})
 
 
 # --------------------------------------------------------------------------- checkpoint commands
