@@ -25,8 +25,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model, checkpoint = load_model(args.ckpt)
-    datamodule = load_datamodule(model, checkpoint)
+    model, record = load_model(args.ckpt)
+    datamodule = load_datamodule(model, record)
     datamodule.setup()
     result = {}
     for split in ("train", "test"):

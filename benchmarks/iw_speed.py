@@ -53,10 +53,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, checkpoint = load_model(args.ckpt)
+    model, record = load_model(args.ckpt)
     if args.max_rows:
         model.hparams.iw_max_rows = args.max_rows
-    datamodule = load_datamodule(model, checkpoint, args.data_root)
+    datamodule = load_datamodule(model, record, args.data_root)
     datamodule.setup("test")
     test = {k: v[: args.examples] for k, v in datamodule.splits["test"].items()}
     batch = datamodule.on_after_batch_transfer(test, 0)

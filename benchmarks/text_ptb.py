@@ -33,8 +33,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pl.seed_everything(0, verbose=False)
-    model, checkpoint = load_model(args.ckpt)
-    datamodule = load_datamodule(model, checkpoint, args.data_root)
+    model, record = load_model(args.ckpt)
+    datamodule = load_datamodule(model, record, args.data_root)
     datamodule.hparams.eval_batch_size = args.batch_size
     datamodule.setup("test")
     if args.limit:
@@ -50,8 +50,8 @@ def main() -> None:
         "ckpt": args.ckpt,
         "split": args.split,
         "limit": args.limit,
-        "global_step": checkpoint["global_step"],
-        "epoch": checkpoint["epoch"],
+        "global_step": record.global_step,
+        "epoch": record.epoch,
         **model.evaluation,
         "seconds": time.perf_counter() - start,
     }

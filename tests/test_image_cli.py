@@ -37,9 +37,9 @@ def test_sample_writes_a_grid_and_single_pngs(image_ckpt, tmp_path):
     assert _png(singles[0]).shape == (28, 28)
     grid = _png(tmp_path / "samples.png")
     assert grid.shape == (2 + 2 * 30, 2 + 3 * 30)  # 2 rows x 3 columns of 28 + 2 padding
-    first = _png(singles[0]).copy()
-    vaekit("sample", image_ckpt, "--num", 6, "--out", tmp_path, "--seed", 3)
-    assert np.array_equal(first, _png(singles[0])), "the same seed must give the same samples"
+    vaekit("sample", image_ckpt, "--num", 6, "--out", tmp_path / "again", "--seed", 3)
+    again = _png(tmp_path / "again" / "samples_0000.png")
+    assert np.array_equal(_png(singles[0]), again), "the same seed must give the same samples"
 
 
 def test_reconstruct_test_split_and_given_files(image_ckpt, tmp_path):
@@ -72,7 +72,8 @@ def test_traverse_sweeps_the_requested_dims(image_ckpt, tmp_path):
     assert len(list(tmp_path.glob("traversal_*.png"))) == 10
     assert json.loads((tmp_path / "traversal.json").read_text()) == {"dims": [0, 3], "span": 2.0, "steps": 5}
     with pytest.raises(SystemExit, match="out of range"):
-        vaekit("traverse", image_ckpt, "--dims", 99, "--out", tmp_path)
+        vaekit("traverse", image_ckpt, "--dims", 99, "--out", tmp_path / "bad")
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad*")), "a failed command writes nothing"
 
 
 def test_evaluate_reports_the_contract_keys_in_nats(image_ckpt, tmp_path):

@@ -1,8 +1,11 @@
 """The `vaekit` command: LightningCLI for training, checkpoint-only commands for everything after.
 
 vaekit fit --config configs/<modality>/<name>.yaml [overrides]
-vaekit {sample,reconstruct,interpolate,traverse,evaluate,encode,score} CKPT ...
+vaekit {sample,reconstruct,interpolate,traverse,evaluate,encode,score} MODEL ...
+vaekit export CKPT --out DIR [--onnx]        vaekit push DIR REPO_ID
 vaekit recipes [--copy NAME DEST]
+
+MODEL is a .ckpt from `vaekit fit`, a folder from `vaekit export`, or a Hugging Face model id.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import importlib
 import json
 import math
 import os
@@ -27,11 +31,11 @@ from tqdm.auto import tqdm
 
 from vaekit import recipes
 from vaekit.callbacks import WriteSamples
-from vaekit.checkpoint import load_datamodule, load_model
+from vaekit.checkpoint import ModelRecord, load_datamodule, load_model, read_checkpoint, record_from_checkpoint
 from vaekit.core.data import VAEDataModule
-from vaekit.core.io import atomic_path, write_text
-from vaekit.core.module import VAE, Batch
-from vaekit.modalities.registry import ModalityNotFound
+from vaekit.core.io import atomic_folder, atomic_path, write_text
+from vaekit.core.module import VAE, Batch, class_name
+from vaekit.modalities.registry import ModalityNotFound, get_modality
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
@@ -69,9 +73,43 @@ class VAEKitCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         default = str(Path(config.trainer.default_root_dir or ".") / "checkpoints")
-        for key in ("checkpoint", "best_checkpoint"):
-            if config[key].dirpath is None:
-                config[key].dirpath = default
+        self.defaulted_dirpaths = [key for key in ("checkpoint", "best_checkpoint") if config[key].dirpath is None]
+        for key in self.defaulted_dirpaths:
+            config[key].dirpath = default
+        if config.get("ckpt_path"):  # checked by _parse_ckpt_path; Lightning then reads the tensors as data only
+            if config.get("weights_only") is False:
+                raise ValueError("--weights_only false is not supported: vaekit loads checkpoints as data only")
+            config.weights_only = True
+
+    def _parse_ckpt_path(self) -> None:
+        """Resuming restores the model's arguments from the checkpoint, as Lightning's does, but through vaekit's
+        safe path: readable errors, finite weights, and the class looked up in the plugin registry instead of
+        importing the ``_class_path`` string the file holds."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = subcommand and self.config[subcommand].get("ckpt_path")
+        if not ckpt_path:
+            return
+        record = record_from_checkpoint(read_checkpoint(ckpt_path), ckpt_path)
+        record.check()
+        configured = self.config[subcommand].model.class_path  # the user's own config, imported when parsed
+        module, _, name = configured.rpartition(".")
+        modality = getattr(importlib.import_module(module), name).modality
+        if record.modality != modality:
+            raise ValueError(
+                f"{ckpt_path}: the checkpoint holds a {record.modality!r} model but this config trains a "
+                f"{modality!r} model ({configured}); resume with the config it was trained with"
+            )
+        model_class = get_modality(record.modality).resolve(record.model_class, VAE)
+        model = {"class_path": class_name(model_class), "init_args": record.model_args}
+        self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
+
+    def before_fit(self) -> None:
+        # The run's full config travels in its checkpoints: `vaekit export` writes it as the model's recipe.
+        config = self.config[self.subcommand].clone()
+        config.ckpt_path = None  # the recipe trains from scratch; resuming stays an explicit choice
+        for key in self.defaulted_dirpaths:  # so a re-run writes under its own default_root_dir
+            config[key].dirpath = None
+        self.model.recipe = self._parser(self.subcommand).dump(config, skip_none=False, skip_check=True)
 
     def after_fit(self) -> None:
         callback = self.trainer.checkpoint_callback
@@ -108,15 +146,16 @@ class Session:
     """A loaded model with its data module, on the chosen device."""
 
     model: VAE
-    checkpoint: dict[str, Any]
+    record: ModelRecord
     args: argparse.Namespace
     options: dict[str, Any]
+    out: Path  # where the command writes: a staging folder for the folder-writing commands
     _datamodule: VAEDataModule | None = None
 
     @property
     def datamodule(self) -> VAEDataModule:
         if self._datamodule is None:
-            self._datamodule = load_datamodule(self.model, self.checkpoint, self.args.data_root)
+            self._datamodule = load_datamodule(self.model, self.record, self.args.data_root)
         return self._datamodule
 
     def prepare(self, batch: Batch) -> Batch:
@@ -171,14 +210,14 @@ def _concat(parts: list[Any]) -> Any:
 
 def cmd_sample(s: Session) -> list[Path]:
     z = s.model.sample_latents(s.args.num, s.args.temperature)
-    return s.model.save_outputs(_concat(_in_batches(s, z)), s.args.out, "samples")
+    return s.model.save_outputs(_concat(_in_batches(s, z)), s.out, "samples")
 
 
 def cmd_reconstruct(s: Session) -> list[Path]:
     batch = s.inputs(s.args.input) if s.args.input else s.examples("test", range(s.args.num))
     reconstructions = s.generate(s.model.posterior(batch).mode())
-    paths = s.model.save_outputs(s.model.as_outputs(batch), s.args.out, "inputs")
-    return paths + s.model.save_outputs(reconstructions, s.args.out, "reconstructions")
+    paths = s.model.save_outputs(s.model.as_outputs(batch), s.out, "inputs")
+    return paths + s.model.save_outputs(reconstructions, s.out, "reconstructions")
 
 
 def cmd_interpolate(s: Session) -> list[Path]:
@@ -187,7 +226,7 @@ def cmd_interpolate(s: Session) -> list[Path]:
     batch = s.inputs([s.args.a, s.args.b]) if s.args.a is not None else s.examples("test", [0, 1])
     z = s.model.posterior(batch).mode()
     path = s.model.interpolate_latents(z[0], z[1], s.args.steps)
-    return s.model.save_outputs(s.generate(path), s.args.out, "interpolation", nrow=s.args.steps)
+    return s.model.save_outputs(s.generate(path), s.out, "interpolation", nrow=s.args.steps)
 
 
 def cmd_traverse(s: Session) -> list[Path]:
@@ -195,10 +234,8 @@ def cmd_traverse(s: Session) -> list[Path]:
     dims = s.args.dims if s.args.dims is not None else list(range(min(latent_dim, 10)))
     base = torch.zeros(1, latent_dim, device=s.model.device)
     grid = s.model.traverse_latents(base, dims, s.args.span, s.args.steps)
-    paths = s.model.save_outputs(_concat(_in_batches(s, grid)), s.args.out, "traversal", nrow=s.args.steps)
-    write_text(
-        Path(s.args.out) / "traversal.json", json.dumps({"dims": dims, "span": s.args.span, "steps": s.args.steps})
-    )
+    paths = s.model.save_outputs(_concat(_in_batches(s, grid)), s.out, "traversal", nrow=s.args.steps)
+    write_text(s.out / "traversal.json", json.dumps({"dims": dims, "span": s.args.span, "steps": s.args.steps}))
     return paths
 
 
@@ -210,7 +247,7 @@ def _run_predict(s: Session) -> dict[str, torch.Tensor]:
 def cmd_evaluate(s: Session) -> list[Path]:
     s.evaluation_trainer().test(s.model, datamodule=s.datamodule, verbose=False)
     result = {"split": s.args.split, **s.model.evaluation}
-    out = Path(s.args.out)
+    out = s.out
     write_text(out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return [out]
@@ -218,7 +255,7 @@ def cmd_evaluate(s: Session) -> list[Path]:
 
 def cmd_encode(s: Session) -> list[Path]:
     outputs = _run_predict(s)
-    out = Path(s.args.out).with_suffix(".npz")
+    out = s.out.with_suffix(".npz")
     with atomic_path(out) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, mean=outputs["mean"].numpy(), logvar=outputs["logvar"].numpy(), label=outputs["label"].numpy())
     paths = [out]
@@ -234,7 +271,7 @@ def cmd_score(s: Session) -> list[Path]:
     outputs = _run_predict(s)
     score_key = "nll" if "nll" in outputs else "neg_elbo"
     scores, labels = outputs[score_key], outputs["label"]
-    out = Path(s.args.out)
+    out = s.out
     with atomic_path(out) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["index", "label", score_key])
@@ -255,11 +292,22 @@ def cmd_score(s: Session) -> list[Path]:
     return [out]
 
 
-COMMANDS: dict[str, Callable[[Session], list[Path]]] = {
+def cmd_export(s: Session) -> list[Path]:
+    from vaekit.export import export_model
+
+    evaluation = json.loads(Path(s.args.evaluation).read_text()) if s.args.evaluation else None
+    return export_model(s.model, s.record, s.out, evaluation=evaluation, onnx=s.args.onnx, num_samples=s.args.num)
+
+
+# Commands that write a folder (staged, then moved into place whole) and those that write single files.
+FOLDER_COMMANDS: dict[str, Callable[[Session], list[Path]]] = {
     "sample": cmd_sample,
     "reconstruct": cmd_reconstruct,
     "interpolate": cmd_interpolate,
     "traverse": cmd_traverse,
+    "export": cmd_export,
+}
+FILE_COMMANDS: dict[str, Callable[[Session], list[Path]]] = {
     "evaluate": cmd_evaluate,
     "encode": cmd_encode,
     "score": cmd_score,
@@ -278,27 +326,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
-        p.add_argument("ckpt", help="a .ckpt written by `vaekit fit`")
+        p.add_argument("ckpt", metavar="MODEL", help="a .ckpt from `vaekit fit`, an exported folder or a Hub model id")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto")
         p.add_argument("--data-root", help="where the data lives now, if it moved since training")
         return p
 
-    p = command("sample", "draw samples from the prior")
+    def folder_command(name: str, help_: str) -> argparse.ArgumentParser:
+        p = command(name, help_)
+        p.add_argument("--out", required=True, help="a new or empty folder")
+        p.add_argument("--overwrite", action="store_true", help="replace the folder's earlier outputs as a whole")
+        return p
+
+    p = folder_command("sample", "draw samples from the prior")
     p.add_argument("--num", type=int, default=16)
-    p.add_argument("--out", required=True)
     p.add_argument("--temperature", type=float, default=1.0, help="scales the prior's standard deviation")
-    p = command("reconstruct", "encode and decode test examples or given inputs")
+    p = folder_command("reconstruct", "encode and decode test examples or given inputs")
     p.add_argument("--num", type=int, default=8)
-    p.add_argument("--out", required=True)
     p.add_argument("--input", nargs="+", help="files (or sentences, for text) to reconstruct")
-    p = command("interpolate", "decode the straight line between two encoded inputs")
+    p = folder_command("interpolate", "decode the straight line between two encoded inputs")
     p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--out", required=True)
     p.add_argument("--a")
     p.add_argument("--b")
-    p = command("traverse", "sweep single latent dimensions around the prior mean")
-    p.add_argument("--out", required=True)
+    p = folder_command("traverse", "sweep single latent dimensions around the prior mean")
     p.add_argument("--dims", type=int, nargs="+")
     p.add_argument("--span", type=float, default=3.0)
     p.add_argument("--steps", type=int, default=9)
@@ -319,6 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--normal", nargs="+", help="labels of normal examples; prints the AUROC of the scores")
         if name == "encode":
             p.add_argument("--plot", help="PNG of the latent means, coloured by label (PCA beyond 2-D)")
+    p = folder_command("export", "write a shareable folder: config.json, model.safetensors, assets, model card")
+    p.add_argument("--onnx", action="store_true", help="also write the decoder (and encoder) as ONNX graphs")
+    p.add_argument("--evaluation", help="a JSON file from `vaekit evaluate`, quoted in the model card")
+    p.add_argument("--num", type=int, default=16, help="prior samples shown in the model card (0: none)")
+    p = sub.add_parser("push", help="upload an exported folder to the Hugging Face Hub")
+    p.add_argument("folder", help="a folder written by `vaekit export`")
+    p.add_argument("repo_id", help="the model repository, e.g. your-name/mnist-vae (created if missing)")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--revision", help="a branch to push to (default: main)")
     return parser
 
 
@@ -340,19 +399,30 @@ def run_command(argv: list[str]) -> None:
             for recipe in recipes.list_recipes():
                 print(f"{recipe.name:<16} {recipe.summary}")
         return
+    if args.command == "push":
+        from vaekit.export import push_folder
+
+        if rest:
+            raise SystemExit(f"vaekit push: unrecognised arguments: {' '.join(rest)}")
+        print(f"uploaded {args.folder} to {push_folder(Path(args.folder), args.repo_id, args.private, args.revision)}")
+        return
     pl.seed_everything(args.seed, verbose=False)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model, checkpoint = load_model(args.ckpt, device)
-    options_type = model.generation_options
-    extra, unknown = _options_parser(options_type).parse_known_args(rest)
+    model, record = load_model(args.ckpt, device)
+    extra, unknown = _options_parser(model.generation_options).parse_known_args(rest)
     if unknown:
         raise SystemExit(
             f"vaekit {args.command}: unrecognised arguments for a {model.modality} model: {' '.join(unknown)}"
         )
-    options = vars(extra)
-    args.out = Path(args.out)
+    out = Path(args.out)
     with torch.no_grad():
-        paths = COMMANDS[args.command](Session(model, checkpoint, args, options))
+        if args.command in FOLDER_COMMANDS:
+            # Everything is written into a hidden staging folder that becomes --out only when complete.
+            with atomic_folder(out, args.overwrite) as staging:
+                written = FOLDER_COMMANDS[args.command](Session(model, record, args, vars(extra), staging))
+            paths = [out / p.relative_to(staging) for p in written]
+        else:
+            paths = FILE_COMMANDS[args.command](Session(model, record, args, vars(extra), out))
     print(f"wrote {len(paths)} file(s), e.g. {paths[0]}")
 
 
@@ -363,7 +433,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             run_lightning(argv)
         else:
             run_command(argv)
-    except (FileNotFoundError, FileExistsError, ValueError, ModalityNotFound) as err:
+    except (
+        FileNotFoundError,
+        FileExistsError,
+        PermissionError,
+        ValueError,
+        FloatingPointError,
+        ModalityNotFound,
+    ) as err:
         # Bad input gets one readable line; VAEKIT_DEBUG=1 keeps the traceback for bug reports.
         if os.environ.get("VAEKIT_DEBUG"):
             raise

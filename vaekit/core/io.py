@@ -1,20 +1,75 @@
-"""Output files are written atomically: a crash never leaves a half-written file."""
+"""Outputs are written atomically: a crash never leaves a half-written file or folder, and what a killed
+run leaves behind (a hidden ``.NAME.PID.*.part`` beside the output) is swept by the next run."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+_PART = ".part"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+def _temp_prefix(name: str) -> str:
+    return f".{name}.{os.getpid()}."
+
+
+def sweep_stale(parent: Path, name: str) -> int:
+    """Remove the temporaries of ``name`` that killed runs left in ``parent``; returns how many."""
+    swept = 0
+    for leftover in parent.glob(f".{glob.escape(name)}.*.*{_PART}*"):
+        pid = leftover.name[len(name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            swept += 1
+    return swept
+
+
+def _make_parent(path: Path) -> None:
+    """Create ``path``'s folder, or say in one line that the output location cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):
+            raise PermissionError(errno.EACCES, "permission denied")
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise PermissionError(
+            f"cannot write to {path.parent} ({err.strerror or err}); choose another output location with --out"
+        ) from err
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
+    _make_parent(path)
+    sweep_stale(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=_PART + path.suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -25,10 +80,38 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+@contextlib.contextmanager
+def atomic_folder(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``path``; if the block succeeds it becomes ``path``.
+
+    Old and new outputs are never mixed: a ``path`` that already holds files is an error unless
+    ``overwrite``, and then it is replaced as a whole. A killed run leaves only the hidden staging
+    folder, which the next run into the same place removes.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file, not a folder; pass a folder to --out")
+    existing = sorted(path.iterdir()) if path.is_dir() else []
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{path} already holds {len(existing)} file(s) from an earlier run (e.g. {existing[0].name}); "
+            "pass --overwrite to replace them, or choose another --out"
+        )
+    _make_parent(path)
+    sweep_stale(path.parent, path.name)
+    staging = Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name), suffix=_PART, dir=path.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes a private folder
+        if existing:
+            retired = staging.with_name(staging.name.replace(_PART, ".old" + _PART))
+            os.replace(path, retired)
+            os.replace(staging, path)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, path)  # also over an empty folder
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -19,13 +19,21 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import SumMetric
 
+from vaekit import __version__
 from vaekit.core.distributions import PRIORS, DiagonalGaussian
 from vaekit.core.estimators import PosteriorDiagnostics, iw_nll
 from vaekit.core.likelihoods import Likelihood
+from vaekit.core.plain import nonfinite_tensors, to_plain
 from vaekit.core.schedules import BetaSchedule, free_bits_kl
 
 Batch = dict[str, Tensor]
 CHECKPOINT_KEY = "vaekit"
+# 1: the first release (class names imported on load); 2: plain data only, classes resolved through plugins.
+CHECKPOINT_FORMAT = 2
+
+
+class NonFiniteError(FloatingPointError):
+    """Training diverged (NaN or infinity); raised instead of saving the model."""
 
 
 def repeat_batch(batch: Batch, copies: int) -> Batch:
@@ -48,6 +56,28 @@ class ELBOTerms:
         return -(self.rec + self.kl)
 
 
+@dataclass
+class OnnxGraph:
+    """One network for ONNX export: the module, example inputs, names, and each input's batch dimension."""
+
+    module: torch.nn.Module
+    inputs: tuple[Tensor, ...]
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    batch_dims: tuple[int, ...] | None = None  # default: dim 0 of every input
+
+
+class LikelihoodMean(torch.nn.Module):
+    """z -> the likelihood's mean: the deterministic part of generation, for export."""
+
+    def __init__(self, decoder: torch.nn.Module, likelihood: Likelihood) -> None:
+        super().__init__()
+        self.decoder, self.likelihood = decoder, likelihood
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.likelihood.mean(self.decoder(z))
+
+
 class VAE(pl.LightningModule):
     """Shared VAE core.
 
@@ -60,6 +90,9 @@ class VAE(pl.LightningModule):
     spec_type: ClassVar[type]
     generation_options: ClassVar[type | None] = None
     eval_extras: ClassVar[tuple[str, ...]] = ()
+    # Spec fields that `vaekit export` writes as plain files beside config.json (file name -> fields):
+    # a single ``*_json`` string field is written as is (a tokenizer.json), others as one JSON object.
+    spec_assets: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     encoder: torch.nn.Module
     decoder: torch.nn.Module
@@ -89,6 +122,10 @@ class VAE(pl.LightningModule):
         self._eval_sums = torch.nn.ModuleDict({k: SumMetric() for k in sums})
         self._eval_diagnostics = PosteriorDiagnostics()
         self.evaluation: dict[str, float] = {}
+        self.recipe = ""  # the fit config as YAML, set by `vaekit fit`, kept in checkpoints for model cards
+        # First optimiser step whose loss or gradient was non-finite (-1: none). A device tensor, so the
+        # per-step check costs no host sync; it is read where Lightning syncs anyway and before every save.
+        self._first_nonfinite_step = torch.tensor(-1)
 
     # ----------------------------------------------------------------- plugin hooks
     def build(self, spec: Any) -> None:
@@ -131,6 +168,20 @@ class VAE(pl.LightningModule):
         """Write generated data as files a person opens; return the paths written."""
         raise NotImplementedError
 
+    def encoder_example(self) -> Tensor | None:
+        """An example encoder input (batch of 2) for ONNX export; ``None`` when the encoder takes no single tensor."""
+        return None
+
+    def onnx_graphs(self) -> dict[str, OnnxGraph]:
+        """Networks `vaekit export --onnx` writes: ``decoder`` (z -> the likelihood's mean) and, where the
+        plugin gives an ``encoder_example``, ``encoder`` (input -> posterior mean and log-variance)."""
+        z = torch.zeros(2, self.hparams.latent_dim, device=self.device)
+        graphs = {"decoder": OnnxGraph(LikelihoodMean(self.decoder, self.likelihood), (z,), ("z",), ("mean",))}
+        example = self.encoder_example()
+        if example is not None:
+            graphs["encoder"] = OnnxGraph(self.encoder, (example,), ("x",), ("mean", "logvar"))
+        return graphs
+
     # ----------------------------------------------------------------- spec and checkpoints
     @property
     def built(self) -> bool:
@@ -150,14 +201,26 @@ class VAE(pl.LightningModule):
             self.attach_spec(datamodule.spec)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to save a diverged model; store only plain data beside the tensors (see ``vaekit.checkpoint``)."""
+        self.check_finite()
+        bad = nonfinite_tensors(checkpoint["state_dict"])
+        if bad:
+            raise NonFiniteError(
+                f"refusing to save a checkpoint whose weights are not finite ({len(bad)} tensors, e.g. {bad[0]}); "
+                "the checkpoints already on disk are untouched. Lower --model.lr or set --trainer.gradient_clip_val 1.0"
+            )
         datamodule = self.trainer.datamodule if self._trainer is not None else None
+        for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+            if key in checkpoint:
+                checkpoint[key] = to_plain(checkpoint[key], key)
         checkpoint[CHECKPOINT_KEY] = {
+            "format": CHECKPOINT_FORMAT,
+            "vaekit_version": __version__,
             "modality": self.modality,
-            "spec": asdict(self.spec),
-            "model_class": f"{type(self).__module__}.{type(self).__qualname__}",
-            "datamodule_class": None
-            if datamodule is None
-            else f"{type(datamodule).__module__}.{type(datamodule).__qualname__}",
+            "spec": to_plain(asdict(self.spec), "spec"),
+            "model_class": class_name(type(self)),
+            "datamodule_class": None if datamodule is None else class_name(type(datamodule)),
+            "recipe": self.recipe,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -166,12 +229,20 @@ class VAE(pl.LightningModule):
             raise ValueError(
                 "this checkpoint was not written by vaekit (no 'vaekit' entry); train one with `vaekit fit`"
             )
-        if meta["modality"] != self.modality:
+        self.restore_spec(meta["modality"], meta["spec"])
+        self.recipe = meta.get("recipe", "")
+
+    def restore_spec(self, modality: str, spec_fields: dict[str, Any]) -> None:
+        """Build the networks for a saved spec, or check that the data's spec matches it (resume)."""
+        if modality != self.modality:
             raise ValueError(
-                f"the checkpoint holds a {meta['modality']!r} model but this is a {self.modality!r} model; "
-                f"use a config of the {meta['modality']} modality or another checkpoint"
+                f"the checkpoint holds a {modality!r} model but this is a {self.modality!r} model; "
+                f"use a config of the {modality} modality or another checkpoint"
             )
-        spec = self.spec_type(**meta["spec"])
+        try:
+            spec = self.spec_type(**spec_fields)
+        except TypeError as err:
+            raise ValueError(f"the saved data spec does not fit {self.spec_type.__name__} ({err})") from err
         if not self.built:
             self.attach_spec(spec)
         elif spec != self.spec:
@@ -211,12 +282,7 @@ class VAE(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         beta = self.beta(self.global_step)
         terms = self.elbo_terms(batch, beta)
-        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0 and not torch.isfinite(terms.loss):
-            raise FloatingPointError(
-                f"the loss became {terms.loss.item()} by step {self.global_step} "
-                f"(rec={terms.rec.mean().item():.4g}, kl={terms.kl.mean().item():.4g}); lower --model.lr, "
-                "set --trainer.gradient_clip_val 1.0, or check the data for NaN/inf values"
-            )
+        self._flag_nonfinite(terms.loss)
         size = terms.rec.shape[0]
         self.log("train/loss", terms.loss, prog_bar=True, batch_size=size)
         self.log_dict(
@@ -229,6 +295,42 @@ class VAE(pl.LightningModule):
             batch_size=size,
         )
         return terms.loss
+
+    # ----------------------------------------------------------------- divergence
+    def on_train_start(self) -> None:
+        # Made on the device once here (a fill, no copy from the host), so the per-step updates never sync.
+        self._first_nonfinite_step = torch.full((), -1, dtype=torch.long, device=self.device)
+
+    def _flag_nonfinite(self, value: Tensor) -> None:
+        """Record (on the device, no sync) the first step at which ``value`` is not finite."""
+        flag = self._first_nonfinite_step
+        bad = ~torch.isfinite(value.detach()).all() & (flag < 0)
+        self._first_nonfinite_step = torch.where(bad, torch.full_like(flag, self.global_step), flag)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # fp16 mixed precision expects overflowing gradients: its scaler skips those steps and rescales.
+        if self._trainer is not None and self.trainer.precision in ("16-mixed", "16"):
+            return
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:
+            self._flag_nonfinite(torch.nn.utils.get_total_norm(grads))
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:  # the logger syncs on these steps anyway
+            self.check_finite()
+
+    def on_train_epoch_end(self) -> None:
+        self.check_finite()
+
+    def check_finite(self) -> None:
+        """Stop training with one readable message if a loss or gradient went non-finite (a host sync)."""
+        step = int(self._first_nonfinite_step)
+        if step >= 0:
+            raise NonFiniteError(
+                f"training diverged: the loss or a gradient became NaN or infinite at step {step}; no checkpoint "
+                "was written from then on, those already on disk are untouched (resume from last.ckpt with "
+                "--ckpt_path). Lower --model.lr, set --trainer.gradient_clip_val 1.0, or check the data for NaN/inf"
+            )
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         terms = self.elbo_terms(batch)
@@ -327,6 +429,11 @@ class VAE(pl.LightningModule):
         for i, dim in enumerate(dims):
             grid[i * steps : (i + 1) * steps, dim] = values
         return grid
+
+
+def class_name(cls: type) -> str:
+    """The name a checkpoint records for ``cls``: ``module.QualifiedName`` (looked up in the plugin registry)."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def bits_per_dim(nll_sum: float, units_sum: float) -> float:

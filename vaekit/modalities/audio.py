@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import librosa
 import numpy as np
@@ -524,6 +524,7 @@ class AudioVAE(VAE):
     spec_type = AudioSpec
     generation_options = AudioGenerationOptions
     eval_extras = ("lsd_db", "spectral_convergence", "griffin_lim_lsd_db", "griffin_lim_spectral_convergence")
+    spec_assets: ClassVar[dict[str, tuple[str, ...]]] = {"normalisation.json": ("mel_mean", "mel_std")}
 
     def __init__(
         self,
@@ -572,6 +573,10 @@ class AudioVAE(VAE):
 
     def log_likelihood(self, params: Tensor, batch: Batch) -> Tensor:
         return self.likelihood.log_prob(params, batch["mel"])
+
+    def encoder_example(self) -> Tensor:
+        """The encoder reads the normalised log-mel (B, n_mels, frames); waveform features stay outside ONNX."""
+        return torch.zeros(2, self.spec.n_mels, self.spec.num_frames, device=self.device)
 
     def num_units(self, batch: Batch) -> Tensor:
         return torch.full((batch["mel"].shape[0],), batch["mel"][0].numel(), device=batch["mel"].device)

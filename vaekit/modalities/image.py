@@ -284,6 +284,9 @@ class ImageVAE(VAE):
     def summary_metrics(self, nll_sum: float, units_sum: float) -> dict[str, float]:
         return {"bits_per_dim": bits_per_dim(nll_sum, units_sum)}
 
+    def encoder_example(self) -> Tensor:
+        return torch.zeros(2, self.spec.channels, self.spec.height, self.spec.width, device=self.device)
+
     def generate(self, z: Tensor, **options: Any) -> Tensor:
         """Images in [0, 1]: the likelihood's mean (Bernoulli probabilities or Gaussian mean)."""
         return self.likelihood.mean(self.decoder(z)).clamp(0, 1)

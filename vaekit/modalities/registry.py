@@ -1,4 +1,8 @@
-"""Modality plugins, discovered through the ``vaekit.modalities`` entry-point group."""
+"""Modality plugins, discovered through the ``vaekit.modalities`` entry-point group.
+
+The registry is also the only way a saved model's class names become classes: a checkpoint or an exported
+folder names its classes, and they are looked up among what the installed plugins register, never imported.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 
 from vaekit.core.data import VAEDataModule
-from vaekit.core.module import VAE
+from vaekit.core.module import VAE, class_name
 
 GROUP = "vaekit.modalities"
 
@@ -17,11 +21,31 @@ class ModalityNotFound(LookupError):
 
 @dataclass(frozen=True)
 class Modality:
-    """What a plugin registers: its model class (a ``VAE``) and its data module class."""
+    """What a plugin registers: its default model class (a ``VAE``) and data module class, and any others.
+
+    ``extra_classes`` lists further model or data-module classes of the plugin (variants a config may name
+    with ``class_path``); only registered classes can be restored from a checkpoint.
+    """
 
     name: str
     model: type[VAE]
     datamodule: type[VAEDataModule]
+    extra_classes: tuple[type, ...] = ()
+
+    def resolve(self, name: str | None, base: type) -> type:
+        """The registered subclass of ``base`` recorded as ``name`` (the default one when ``name`` is empty)."""
+        default = self.model if base is VAE else self.datamodule
+        if not name:
+            return default
+        candidates = [c for c in (self.model, self.datamodule, *self.extra_classes) if issubclass(c, base)]
+        for cls in candidates:
+            if class_name(cls) == name:
+                return cls
+        raise ValueError(
+            f"the saved model names the class {name!r}, which the installed {self.name!r} plugin does not register "
+            f"(it registers {', '.join(class_name(c) for c in candidates)}); vaekit never imports a class named by a "
+            "file. If the class is yours, add it to your plugin's Modality(extra_classes=...)"
+        )
 
 
 def available() -> list[str]:

@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
@@ -24,7 +24,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, S
 from vaekit.core.data import TensorDictDataset, VAEDataModule, load_hub_dataset, split_off
 from vaekit.core.io import write_text
 from vaekit.core.likelihoods import Categorical
-from vaekit.core.module import VAE, Batch
+from vaekit.core.module import VAE, Batch, OnnxGraph
 from vaekit.modalities.registry import Modality
 
 SPLIT_NAMES = {"train": ("train",), "val": ("valid", "val", "validation", "dev"), "test": ("test",)}
@@ -485,6 +485,20 @@ class GRUDecoder(nn.Module):
         return self.out(out[:, 0]), state
 
 
+class _InitialState(nn.Module):
+    def __init__(self, decoder: GRUDecoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.decoder.initial_state(z)
+
+
+class _DecoderStep(_InitialState):
+    def forward(self, tokens: Tensor, state: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self.decoder.step(tokens, state, z)
+
+
 # --------------------------------------------------------------------------- decoding
 
 
@@ -536,6 +550,7 @@ class TextVAE(VAE):
     modality = "text"
     spec_type = TextSpec
     generation_options = TextGenerationOptions
+    spec_assets: ClassVar[dict[str, tuple[str, ...]]] = {"tokenizer.json": ("tokenizer_json",)}
 
     def __init__(
         self,
@@ -598,6 +613,22 @@ class TextVAE(VAE):
 
     def summary_metrics(self, nll_sum: float, units_sum: float) -> dict[str, float]:
         return {"ppl": math.exp(nll_sum / units_sum)}
+
+    def onnx_graphs(self) -> dict[str, OnnxGraph]:
+        """The decoder's two parts a decoding loop needs: z -> initial state, and one step (any search runs outside)."""
+        z = torch.zeros(2, self.hparams.latent_dim, device=self.device)
+        state = self.decoder.initial_state(z)
+        tokens = torch.full((2,), self.bos_id, dtype=torch.long, device=self.device)
+        return {
+            "decoder_init": OnnxGraph(_InitialState(self.decoder), (z,), ("z",), ("state",)),
+            "decoder_step": OnnxGraph(
+                _DecoderStep(self.decoder),
+                (tokens, state, z),
+                ("tokens", "state", "z"),
+                ("logits", "next_state"),
+                (0, 1, 0),
+            ),
+        }
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         """End of the autoencoder phase: a fresh decoder (and fresh Adam moments for it) learns with the KL on."""

@@ -1,0 +1,66 @@
+"""Plain data: what checkpoints and exported folders may hold besides tensors.
+
+``torch.load(weights_only=True)`` and JSON both read plain data without running code; keeping every
+saved value to str/int/float/bool/None/list/dict is what lets a stranger's model file be opened safely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from argparse import Namespace
+from collections.abc import Mapping
+from pathlib import PurePath
+from typing import Any
+
+import torch
+
+PlainData = str | int | float | bool | None | list["PlainData"] | dict[str, "PlainData"]
+
+# Keys by which jsonargparse and Lightning name a class to import; a saved file must never carry one.
+IMPORT_KEYS = frozenset({"class_path", "_class_path", "_instantiator", "init_args", "dict_kwargs", "__path__"})
+
+
+def to_plain(value: Any, where: str = "value") -> PlainData:
+    """``value`` as plain data (dataclasses, namespaces and tuples converted); anything else is an error."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, PurePath):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Namespace):
+        value = vars(value)
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(
+        f"{where} is a {type(value).__name__}, which a vaekit checkpoint cannot hold (only str, int, float, bool, "
+        "None, lists and dicts); pass it as plain values (a dataclass or dict of them)"
+    )
+
+
+def check_plain(value: Any, where: str) -> None:
+    """Raise if ``value`` is not plain data or names a class to import (``class_path`` and the like)."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where}: key {key!r} is not a string")
+            if key in IMPORT_KEYS:
+                raise ValueError(f"{where}: {key!r} names code to import; vaekit refuses such entries in saved models")
+            check_plain(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_plain(item, f"{where}[{i}]")
+    elif not (value is None or isinstance(value, str | bool | int | float)):
+        raise ValueError(f"{where}: a {type(value).__name__} where only plain data may be")
+
+
+def without_private(args: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Constructor arguments from saved hyper-parameters, without Lightning's private ``_...`` keys."""
+    return {k: v for k, v in (args or {}).items() if not k.startswith("_")}
+
+
+def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or infinity."""
+    return [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]

@@ -1,0 +1,194 @@
+"""`vaekit export` and `vaekit push`: a trained model as a self-contained folder, shared the way this field does.
+
+The folder holds ``config.json`` (modality, plugin, classes, arguments, data spec, vaekit version),
+``model.safetensors``, the plugin's spec assets as plain files (a tokenizer, normalisation statistics),
+``recipe.yaml`` (the fit config), prior samples, a ``README.md`` model card, and with ``--onnx`` the
+plugin's networks as ONNX graphs. Every checkpoint command reads it; nothing in it is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaekit import __version__
+from vaekit.checkpoint import CONFIG_FILE, EXPORT_FORMAT, WEIGHTS_FILE, ModelRecord, read_exported
+from vaekit.core.io import write_text
+from vaekit.core.module import VAE
+from vaekit.modalities.registry import GROUP
+
+SAMPLES_DIR = "samples"
+
+
+def _plugin(modality: str) -> dict[str, str]:
+    """Which installed distribution provides the modality (so a reader knows what to pip install)."""
+    for ep in entry_points(group=GROUP):
+        if ep.name == modality:
+            dist = ep.dist
+            return {
+                "entry_point": ep.value,
+                "package": dist.name if dist else "",
+                "version": dist.version if dist else "",
+            }
+    return {"entry_point": "", "package": "", "version": ""}
+
+
+def export_model(
+    model: VAE,
+    record: ModelRecord,
+    out: Path,
+    evaluation: dict[str, Any] | None = None,
+    onnx: bool = False,
+    num_samples: int = 16,
+) -> list[Path]:
+    """Write the exported folder's files into ``out`` (an empty folder); returns the paths written."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, out / WEIGHTS_FILE, metadata={"format": "pt", "vaekit_version": __version__})
+    paths = [out / WEIGHTS_FILE]
+    spec = dict(record.spec)
+    for filename, fields in type(model).spec_assets.items():
+        values = {f: spec.pop(f) for f in fields}
+        text = values[fields[0]] if len(fields) == 1 and fields[0].endswith("_json") else json.dumps(values)
+        paths.append(write_text(out / filename, text))
+    config = {
+        "format": EXPORT_FORMAT,
+        "vaekit_version": __version__,
+        "modality": record.modality,
+        "plugin": _plugin(record.modality),
+        "model_class": record.model_class,
+        "model_args": record.model_args,
+        "datamodule_class": record.datamodule_class,
+        "data_args": record.data_args,
+        "spec": spec,
+        "assets": {name: list(fields) for name, fields in type(model).spec_assets.items()},
+        "training": {"global_step": record.global_step, "epoch": record.epoch, "from": Path(record.source).name},
+    }
+    paths.append(write_text(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n"))
+    if record.recipe:
+        paths.append(write_text(out / "recipe.yaml", record.recipe))
+    samples: list[Path] = []
+    if num_samples > 0:
+        with torch.no_grad():
+            samples = model.save_outputs(
+                model.generate(model.sample_latents(num_samples)), out / SAMPLES_DIR, "samples"
+            )
+    paths += samples
+    if onnx:
+        paths += export_onnx(model, out)
+    paths.append(write_text(out / "README.md", model_card(record, config, evaluation, samples, out)))
+    return paths
+
+
+def export_onnx(model: VAE, out: Path) -> list[Path]:
+    """Each of the plugin's ``onnx_graphs`` as ``NAME.onnx``, with a dynamic batch dimension."""
+    try:
+        import onnxscript  # noqa: F401 - torch's ONNX exporter needs it
+    except ImportError as err:
+        raise ValueError("--onnx needs the ONNX exporter: pip install 'vaekit[onnx]'") from err
+    paths = []
+    batch = torch.export.Dim("batch", min=1)
+    for name, graph in model.onnx_graphs().items():
+        path = out / f"{name}.onnx"
+        dims = graph.batch_dims or (0,) * len(graph.inputs)
+        torch.onnx.export(
+            graph.module.eval(),
+            graph.inputs,
+            str(path),
+            input_names=list(graph.input_names),
+            output_names=list(graph.output_names),
+            dynamic_shapes=tuple({dim: batch} for dim in dims),
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+        paths.append(path)
+    return paths
+
+
+def _evaluation_table(evaluation: dict[str, Any]) -> str:
+    rows = [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in evaluation.items()]
+    return "| measure | value |\n|---|---|\n" + "\n".join(rows)
+
+
+def model_card(
+    record: ModelRecord, config: dict[str, Any], evaluation: dict[str, Any] | None, samples: list[Path], out: Path
+) -> str:
+    """A Hugging Face model card: metadata header, training data, recipe, figures, samples, how to use."""
+    modality = record.modality
+    data = record.data_args.get("root", "unknown")
+    lines = [
+        "---",
+        "library_name: vaekit",
+        f"tags: [vaekit, vae, variational-autoencoder, {modality}]",
+        "---",
+        "",
+        f"# {modality} VAE ({config['model_class'] or modality})",
+        "",
+        f"A variational autoencoder over {modality} trained with [vaekit](https://pypi.org/project/vaekit/) "
+        f"{record.vaekit_version or __version__}: {record.model_args.get('latent_dim', '?')} latent dimensions.",
+        "",
+        "## Training",
+        "",
+        f"- Data: `{data}` ({config['datamodule_class'] or 'the plugin default data module'}).",
+        f"- Steps: {record.global_step}, epochs: {record.epoch}.",
+        "- Recipe: " + ("`recipe.yaml`, the full `vaekit fit` config." if record.recipe else "not recorded."),
+        "",
+    ]
+    if evaluation:
+        lines += [
+            "## Evaluation",
+            "",
+            "`vaekit evaluate`, per example, in nats:",
+            "",
+            _evaluation_table(evaluation),
+            "",
+        ]
+    if samples:
+        lines += ["## Samples from the prior", ""]
+        pictures = [p for p in samples if p.suffix == ".png" and p.parent.name == SAMPLES_DIR]
+        texts = [p for p in samples if p.suffix == ".txt"]
+        if pictures:
+            lines += [f"![samples]({pictures[0].relative_to(out).as_posix()})", ""]
+        for path in texts:
+            lines += ["```", path.read_text(encoding="utf-8").rstrip(), "```", ""]
+    lines += [
+        "## Use",
+        "",
+        "```bash",
+        f"pip install vaekit {config['plugin']['package'] if config['plugin']['package'] != 'vaekit' else ''}".rstrip(),
+        "vaekit sample THIS_FOLDER_OR_HUB_ID --num 16 --out samples",
+        "vaekit evaluate THIS_FOLDER_OR_HUB_ID --data-root YOUR_DATA --out eval.json",
+        "```",
+        "",
+        f"Files: `{CONFIG_FILE}`, `{WEIGHTS_FILE}` (safetensors; loading runs no code)"
+        + "".join(f", `{name}`" for name in config["assets"])
+        + (", `*.onnx`" if any(out.glob("*.onnx")) else "")
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def push_folder(folder: Path, repo_id: str, private: bool = False, revision: str | None = None) -> str:
+    """Check that ``folder`` loads as an exported model, then upload it with ``huggingface_hub``; returns its URL."""
+    from huggingface_hub import HfApi
+
+    read_exported(folder)  # never push something that would not load
+    api = HfApi()
+    url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    if revision:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type="model",
+        revision=revision,
+        commit_message=f"Upload {folder.name} with vaekit {__version__}",
+    )
+    return str(url)
