@@ -21,17 +21,9 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from tests.helpers import PoisonBatchAtStep
 from vaekit.core.module import NonFiniteError
 from vaekit.modalities.image import ImageDataModule, ImageVAE
-
-
-class Poison(pl.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            batch["x"].fill_(float("nan"))
 
 
 def build(device: str) -> tuple[ImageVAE, ImageDataModule]:
@@ -87,7 +79,7 @@ def nan_run(device: str) -> dict[str, object]:
         trainer = pl.Trainer(
             accelerator="gpu" if device == "cuda" else "cpu", devices=1, max_epochs=3, limit_train_batches=10,
             limit_val_batches=0, log_every_n_steps=50, logger=False, enable_progress_bar=False,
-            callbacks=[saver, Poison(9)],
+            callbacks=[saver, PoisonBatchAtStep(9)],
         )  # fmt: skip
         try:
             trainer.fit(model, datamodule=data)

@@ -23,7 +23,7 @@ def _png(path):
 
 def test_fit_writes_last_checkpoint_and_samples(image_ckpt):
     assert image_ckpt.is_file()
-    checkpoint = torch.load(image_ckpt, weights_only=False)
+    checkpoint = torch.load(image_ckpt, weights_only=True)
     assert checkpoint["vaekit"]["modality"] == "image"
     assert checkpoint["vaekit"]["spec"]["height"] == 28
     samples = image_ckpt.parent.parent / "samples"
@@ -154,7 +154,7 @@ def test_colour_images_with_a_gaussian_likelihood(tmp_path):
         "--model.channels", "[8, 8]", "--samples.num", "0",
     )  # fmt: skip
     ckpt = run / "checkpoints" / "last.ckpt"
-    spec = torch.load(ckpt, weights_only=False)["vaekit"]["spec"]
+    spec = torch.load(ckpt, weights_only=True)["vaekit"]["spec"]
     assert (spec["channels"], spec["height"], spec["label_names"]) == (3, 16, ["blue", "red"])
     vaekit("sample", ckpt, "--num", 2, "--out", tmp_path / "out")
     assert _png(tmp_path / "out" / "samples_0000.png").shape == (16, 16, 3)

@@ -23,7 +23,7 @@ TINY = "configs/image/tiny.yaml"
 
 
 def _global_step(ckpt: Path) -> int:
-    return torch.load(ckpt, weights_only=False)["global_step"]
+    return torch.load(ckpt, weights_only=True)["global_step"]
 
 
 # ------------------------------------------------------------------ resume
@@ -49,7 +49,7 @@ def test_resume_after_a_kill_ends_at_the_same_step(tmp_path):
     assert checkpoints, "a checkpoint was written before the kill"
     for path in checkpoints:  # every file is a whole checkpoint: no partial writes, no temp files
         assert path.suffix == ".ckpt", path
-        torch.load(path, weights_only=False)
+        torch.load(path, weights_only=True)
     assert _global_step(killed / "checkpoints" / "last.ckpt") == 15
 
     vaekit(*fit_args(TINY, killed, *common, "--ckpt_path", str(killed / "checkpoints" / "last.ckpt")))
@@ -178,9 +178,7 @@ def test_mixed_image_sizes_are_named_and_resizing_fixes_them(tmp_path):
     assert "020.png" in message and "--data.image_size" in message
     vaekit(*fit_args(TINY, tmp_path / "ok", "--data.root", str(root), "--model.channels", "[8]",
                      "--data.image_size", "[8, 8]", "--trainer.max_steps", "2", "--samples.num", "0"))  # fmt: skip
-    assert (
-        torch.load(tmp_path / "ok" / "checkpoints" / "last.ckpt", weights_only=False)["vaekit"]["spec"]["height"] == 8
-    )
+    assert torch.load(tmp_path / "ok" / "checkpoints" / "last.ckpt", weights_only=True)["vaekit"]["spec"]["height"] == 8
 
 
 def test_image_size_not_divisible_by_the_downsampling_is_explained(tmp_path):
@@ -222,7 +220,7 @@ def test_bad_checkpoints_get_a_clear_error(tmp_path, content, expected):
 
 
 def test_checkpoint_of_another_modality_is_refused_on_resume(image_ckpt, tmp_path):
-    checkpoint = torch.load(image_ckpt, weights_only=False)
+    checkpoint = torch.load(image_ckpt, weights_only=True)
     checkpoint["vaekit"]["modality"] = "audio"
     other = tmp_path / "audio.ckpt"
     torch.save(checkpoint, other)

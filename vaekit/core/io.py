@@ -68,7 +68,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
     _make_parent(path)
-    sweep_stale(path.parent, path.name)
+    if not path.parent.name.endswith(_PART):  # inside a staging folder there is nothing stale to sweep
+        sweep_stale(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=_PART + path.suffix, dir=path.parent)
     os.close(fd)
     try:
