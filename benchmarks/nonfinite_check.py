@@ -7,7 +7,7 @@ Three parts, on CUDA when there is a GPU (else the CPU):
    interleaved repeats in this process, as a ratio;
 3. a NaN on a non-logging step just before an epoch end: training stops, and every checkpoint is finite.
 
-    OMP_NUM_THREADS=2 python benchmarks/nonfinite_check.py --out benchmarks/results/nonfinite.json
+    OMP_NUM_THREADS=2 python -m benchmarks.nonfinite_check --out benchmarks/results/nonfinite.json
 """
 
 from __future__ import annotations
