@@ -309,7 +309,7 @@ class VAE(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # fp16 mixed precision expects overflowing gradients: its scaler skips those steps and rescales.
-        if self._trainer is not None and self.trainer.precision in ("16-mixed", "16"):
+        if self._trainer is not None and self.trainer.precision == "16-mixed":
             return
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if grads:

@@ -485,16 +485,20 @@ class GRUDecoder(nn.Module):
         return self.out(out[:, 0]), state
 
 
-class _InitialState(nn.Module):
+class _DecoderPart(nn.Module):
+    """A method of the decoder as a module of its own, for ONNX export."""
+
     def __init__(self, decoder: GRUDecoder) -> None:
         super().__init__()
         self.decoder = decoder
 
+
+class _InitialState(_DecoderPart):
     def forward(self, z: Tensor) -> Tensor:
         return self.decoder.initial_state(z)
 
 
-class _DecoderStep(_InitialState):
+class _DecoderStep(_DecoderPart):
     def forward(self, tokens: Tensor, state: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         return self.decoder.step(tokens, state, z)
 
