@@ -9,7 +9,10 @@ from __future__ import annotations
 import importlib.resources
 import shutil
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
+
+RECIPE_GROUP = "vaekit.recipes"
 
 
 @dataclass(frozen=True)
@@ -23,21 +26,29 @@ def configs_dir() -> Path:
     return Path(str(importlib.resources.files("vaekit.configs")))
 
 
+def _recipe(name: str, path: Path) -> Recipe:
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    return Recipe(name, path, first.lstrip("# ").strip())
+
+
 def list_recipes() -> list[Recipe]:
-    recipes = []
-    for path in sorted(configs_dir().glob("*/*.yaml")):
-        first = path.read_text(encoding="utf-8").splitlines()[0]
-        recipes.append(Recipe(f"{path.parent.name}/{path.stem}", path, first.lstrip("# ").strip()))
+    """vaekit's own recipes, then those plugins ship: a package named in the ``vaekit.recipes`` entry-point
+    group holds ``*.yaml`` files, listed as ``<entry-point name>/<file stem>``."""
+    recipes = [_recipe(f"{p.parent.name}/{p.stem}", p) for p in sorted(configs_dir().glob("*/*.yaml"))]
+    for ep in sorted(entry_points(group=RECIPE_GROUP), key=lambda ep: ep.name):
+        folder = Path(str(importlib.resources.files(ep.module)))
+        recipes += [_recipe(f"{ep.name}/{p.stem}", p) for p in sorted(folder.glob("*.yaml"))]
     return recipes
 
 
 def resolve_config(value: str) -> str:
-    """A ``--config`` that exists as given wins; else ``configs/<m>/<n>.yaml`` or ``<m>/<n>`` from the package."""
+    """A ``--config`` that exists as given wins; else a recipe name (``image/mnist``, ``configs/image/mnist.yaml``,
+    or a plugin's ``vector/rows``)."""
     if Path(value).exists():
         return value
     name = value.removeprefix("configs/").removesuffix(".yaml")
-    packaged = configs_dir() / f"{name}.yaml"
-    return str(packaged) if packaged.is_file() else value
+    found = next((r.path for r in list_recipes() if r.name == name), None)
+    return str(found) if found is not None else value
 
 
 def copy_recipe(name: str, destination: str) -> Path:

@@ -49,6 +49,21 @@ def fit_args(config: str, root: Path, *extra: str) -> list[str]:
     ]
 
 
+def install_plugin(site: Path) -> None:
+    """Register tests/plugin_example as an installed distribution would: a .dist-info with entry points for
+    its modality and for a package of recipes (``vector/rows``)."""
+    dist = site / "vecvae_plugin-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vecvae-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[vaekit.modalities]\nvector = vecvae:MODALITY\n\n[vaekit.recipes]\nvector = vecvae_recipes\n"
+    )
+    (site / "vecvae.py").write_text((TESTS / "plugin_example" / "vecvae.py").read_text())
+    (site / "vecvae_recipes").mkdir()
+    (site / "vecvae_recipes" / "__init__.py").write_text("")
+    (site / "vecvae_recipes" / "rows.yaml").write_text((TESTS / "plugin_example" / "vector.yaml").read_text())
+
+
 @pytest.fixture(scope="session")
 def image_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One short fit of the tiny image recipe, shared by the tests that only read its checkpoint."""

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from tests.conftest import TESTS, fit_args, vaekit, vaekit_subprocess
+from tests.conftest import TESTS, fit_args, install_plugin, vaekit, vaekit_subprocess
 from vaekit.checkpoint import load_datamodule, load_model
 from vaekit.core.io import atomic_path
 from vaekit.modalities.registry import available
@@ -102,18 +102,9 @@ def test_ddp_on_two_cpu_processes_reduces_validation_metrics(tmp_path):
 # ------------------------------------------------------------------ a plugin from outside vaekit
 
 
-def _install_plugin(site: Path) -> None:
-    """Register tests/plugin_example as an installed distribution would: a .dist-info with entry points."""
-    dist = site / "vecvae_plugin-0.1.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vecvae-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[vaekit.modalities]\nvector = vecvae:MODALITY\n")
-    (site / "vecvae.py").write_text((TESTS / "plugin_example" / "vecvae.py").read_text())
-
-
 def test_a_plugin_outside_vaekit_trains_and_samples_through_the_cli(tmp_path, monkeypatch):
     site, data = tmp_path / "site", tmp_path / "data"
-    _install_plugin(site)
+    install_plugin(site)
     data.mkdir()
     rng = np.random.default_rng(0)
     for name, count in (("train", 300), ("test", 50)):

@@ -465,7 +465,7 @@ def test_cli_from_the_checkpoint_alone(trained: Path, tmp_path: Path) -> None:
     assert np.load(out / "z.npz")["mean"].shape == (300, 8)
     main(["score", ckpt, "--split", "test", "--out", str(out / "score.csv")])
     rows = (out / "score.csv").read_text().splitlines()
-    assert len(rows) == 301 and rows[1].startswith("0,-1,")
+    assert len(rows) == 301 and rows[1].startswith("0,in,-1,")
 
 
 def test_resume_with_another_tokenizer_is_refused(trained: Path, tmp_path: Path) -> None:

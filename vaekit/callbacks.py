@@ -1,20 +1,50 @@
-"""Callbacks every recipe gets from `vaekit fit`."""
+"""Callbacks every recipe gets from `vaekit fit`: samples at the end, media while training, honest checkpoints."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint, ModelSummary
+from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+from pytorch_lightning.utilities.model_summary import get_human_readable_count
 
 from vaekit.core.module import VAE
 
 
-class WriteSamples(pl.Callback):
-    """At the end of fit, write prior samples and test reconstructions under ``<default_root_dir>/samples``.
+@dataclass
+class Preview:
+    """Prior samples from fixed latents, and a split's first examples beside their reconstructions."""
 
-    So a finished run leaves something to look at, not only a checkpoint. ``num=0`` turns it off.
+    samples: Any
+    inputs: Any = None
+    reconstructions: Any = None
+
+
+def preview(pl_module: VAE, datamodule: Any, split: str, num: int, seed: int) -> Preview:
+    """Decoded in eval mode under a forked RNG, so previews never disturb training's random stream."""
+    was_training = pl_module.training
+    pl_module.eval()
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        result = Preview(pl_module.generate(pl_module.sample_latents(num)))
+        if datamodule is not None and split in getattr(datamodule, "splits", {}):
+            batch = next(iter(datamodule.loader(split)))
+            batch = {k: v[:num].to(pl_module.device) for k, v in batch.items()}
+            batch = datamodule.on_after_batch_transfer(batch, 0)
+            result.inputs = pl_module.as_outputs(batch)
+            result.reconstructions = pl_module.generate(pl_module.posterior(batch).mode(), deterministic=True)
+    pl_module.train(was_training)
+    return result
+
+
+class WriteSamples(pl.Callback):
+    """At the end of fit, write prior samples, and test inputs beside their reconstructions, under
+    ``<default_root_dir>/samples``. So a finished run leaves something to look at. ``num=0`` turns it off.
     """
 
     def __init__(self, num: int = 16, seed: int = 0) -> None:
@@ -26,18 +56,87 @@ class WriteSamples(pl.Callback):
         if self.num <= 0 or trainer.interrupted:
             return
         out_dir = Path(trainer.default_root_dir) / "samples"
-        was_training = pl_module.training
-        pl_module.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            samples = pl_module.generate(pl_module.sample_latents(self.num))
-            paths = pl_module.save_outputs(samples, out_dir, "prior")
-            datamodule = trainer.datamodule
-            if datamodule is not None and "test" in datamodule.splits:
-                batch = next(iter(datamodule.loader("test")))
-                batch = {k: v[: self.num].to(pl_module.device) for k, v in batch.items()}
-                batch = datamodule.on_after_batch_transfer(batch, 0)
-                reconstructions = pl_module.generate(pl_module.posterior(batch).mode())
-                paths += pl_module.save_outputs(reconstructions, out_dir, "reconstructions")
-        pl_module.train(was_training)
+        shown = preview(pl_module, trainer.datamodule, "test", self.num, self.seed)
+        paths = pl_module.save_outputs(shown.samples, out_dir, "prior")
+        if shown.inputs is not None:
+            paths += pl_module.save_outputs(shown.inputs, out_dir, "inputs")
+            paths += pl_module.save_outputs(shown.reconstructions, out_dir, "reconstructions")
         rank_zero_info(f"samples written to {out_dir} ({len(paths)} files)")
+
+
+class LogMedia(pl.Callback):
+    """At each validation, send TensorBoard what a person would look at: prior samples (fixed latents, so
+    runs and epochs compare), validation inputs and reconstructions, and the per-dimension KL as a histogram
+    (collapse shows as mass at zero). Each modality turns its data into images, audio or text (``log_media``).
+    """
+
+    def __init__(self, num: int = 8, seed: int = 0) -> None:
+        self.num = num
+        self.seed = seed
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: VAE) -> None:
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if self.num <= 0 or trainer.sanity_checking or not loggers:
+            return
+        writer, step = loggers[0].experiment, trainer.global_step
+        shown = preview(pl_module, trainer.datamodule, "val", self.num, self.seed)
+        pl_module.log_media(writer, "samples/prior", shown.samples, step)
+        if shown.inputs is not None:
+            pl_module.log_media(writer, "samples/val_inputs", shown.inputs, step)
+            pl_module.log_media(writer, "samples/val_reconstructions", shown.reconstructions, step)
+        if pl_module.last_kl_per_dim is not None:
+            writer.add_histogram("val/kl_per_dim", pl_module.last_kl_per_dim, step)
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint that, on resume, counts the best files already in its folder among its top-k.
+
+    ``last.ckpt`` is written at the end of the training epoch, before that epoch's validation saves a new
+    best, so the state it restores may not know the newest ``best-*.ckpt``; each of those files holds its own
+    score. Adopting them means a better model replaces them instead of sitting beside them unexplained.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        prefix = self.filename.split("{")[0] if self.filename and "{" in self.filename else None
+        if not prefix or self.dirpath is None or self.monitor is None:
+            return
+        for path in Path(self.dirpath).glob(f"{prefix}*{self.FILE_EXTENSION}"):
+            if str(path) in self.best_k_models:
+                continue
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            score = saved.get("callbacks", {}).get(self.state_key, {}).get("best_model_score")
+            if score is not None:
+                self.best_k_models[str(path)] = score
+        if self.best_k_models:
+            better, worse = (min, max) if self.mode == "min" else (max, min)
+            self.best_model_path = better(self.best_k_models, key=lambda p: float(self.best_k_models[p]))
+            self.best_model_score = self.best_k_models[self.best_model_path]
+            self.kth_best_model_path = worse(self.best_k_models, key=lambda p: float(self.best_k_models[p]))
+            self.kth_value = self.best_k_models[self.kth_best_model_path]
+
+
+class ParameterSummary(ModelSummary):
+    """Lightning's model summary without its FLOPs figure, which reads 0 for models with no example input."""
+
+    @staticmethod
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int,
+        **summarize_kwargs: Any,
+    ) -> None:
+        columns = {name: values for name, values in summary_data}
+        rows = [
+            f"  {name:<12} {kind:<22} {params:>8}"
+            for name, kind, params in zip(columns["Name"], columns["Type"], columns["Params"], strict=True)
+            if params.strip() != "0"  # the metric and prior modules hold no parameters
+        ]
+        rank_zero_info(
+            "model:\n" + "\n".join(rows) + f"\n  {get_human_readable_count(trainable_parameters)} trainable "
+            f"of {get_human_readable_count(total_parameters)} parameters ({model_size:.1f} MB)"
+        )

@@ -234,9 +234,10 @@ def load_model(source: str | Path, device: str | torch.device = "cpu") -> tuple[
     return build_model(record, state).to(device).eval(), record
 
 
-def load_datamodule(model: VAE, record: ModelRecord, root: str | None = None) -> VAEDataModule:
-    """The data module the model was trained with (optionally on another ``root``), set up with its spec."""
-    args = dict(record.data_args)
+def load_datamodule(model: VAE, record: ModelRecord, root: str | None = None, **overrides: Any) -> VAEDataModule:
+    """The data module the model was trained with (optionally on another ``root``, or with other arguments),
+    set up with its spec."""
+    args = {**record.data_args, **overrides}
     if root is not None:
         args["root"] = root
     if "root" not in args:

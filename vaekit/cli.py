@@ -15,9 +15,11 @@ import csv
 import dataclasses
 import importlib
 import json
+import logging
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,19 +27,35 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from jsonargparse import Namespace
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from tqdm.auto import tqdm
 
 from vaekit import recipes
-from vaekit.callbacks import WriteSamples
+from vaekit.callbacks import LogMedia, ParameterSummary, ResumableCheckpoint, WriteSamples
 from vaekit.checkpoint import ModelRecord, load_datamodule, load_model, read_checkpoint, record_from_checkpoint
 from vaekit.core.data import VAEDataModule
 from vaekit.core.io import atomic_folder, atomic_path, write_text
 from vaekit.core.module import VAE, Batch, class_name
 from vaekit.modalities.registry import ModalityNotFound, get_modality
+from vaekit.scoring import CORRECTIONS
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
+
+
+class _WithoutAdverts(logging.Filter):
+    """Lightning prints a tip for its hosted logger at every start; vaekit's output stays about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_WithoutAdverts())
+# Lightning 2.6 calls a torch pytree API that torch 2.11 deprecates: not the user's to act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# `vaekit fit` hands LightningCLI its own argv (sys.argv also holds "fit"; DDP re-launches from sys.argv).
+warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within Python")
 
 
 # --------------------------------------------------------------------------- training
@@ -53,7 +71,7 @@ class VAEKitCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
+        parser.add_lightning_class_args(ResumableCheckpoint, "best_checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.filename": "last",
@@ -69,6 +87,8 @@ class VAEKitCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(WriteSamples, "samples")
+        parser.add_lightning_class_args(LogMedia, "media")
+        parser.add_lightning_class_args(ParameterSummary, "summary")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -76,6 +96,19 @@ class VAEKitCLI(LightningCLI):
         self.defaulted_dirpaths = [key for key in ("checkpoint", "best_checkpoint") if config[key].dirpath is None]
         for key in self.defaulted_dirpaths:
             config[key].dirpath = default
+        if config.trainer.logger in (None, True):  # TensorBoard for people, CSV for scripts, in one version folder
+            root = config.trainer.default_root_dir or "."
+            config.trainer.logger = [
+                Namespace(class_path=f"pytorch_lightning.loggers.{name}", init_args=Namespace(save_dir=root))
+                for name in ("TensorBoardLogger", "CSVLogger")
+            ]
+        earlier = sorted(Path(config.checkpoint.dirpath).glob("*.ckpt"))
+        if self.subcommand == "fit" and earlier and not config.get("ckpt_path"):
+            raise FileExistsError(
+                f"{config.checkpoint.dirpath} already holds checkpoints of an earlier run ({earlier[0].name}); resume "
+                f"it with --ckpt_path {Path(config.checkpoint.dirpath) / 'last.ckpt'}, or train into another "
+                "--trainer.default_root_dir"
+            )
         if config.get("ckpt_path"):  # checked by _parse_ckpt_path; Lightning then reads the tensors as data only
             if config.get("weights_only") is False:
                 raise ValueError("--weights_only false is not supported: vaekit loads checkpoints as data only")
@@ -112,9 +145,21 @@ class VAEKitCLI(LightningCLI):
         self.model.recipe = self._parser(self.subcommand).dump(config, skip_none=False, skip_check=True)
 
     def after_fit(self) -> None:
-        callback = self.trainer.checkpoint_callback
-        if callback is not None and self.trainer.is_global_zero:
-            print(f"checkpoints: {callback.dirpath} (last: {Path(callback.dirpath) / 'last.ckpt'})")
+        best = next((c for c in self.trainer.callbacks if isinstance(c, ResumableCheckpoint)), None)
+        last = self.trainer.checkpoint_callback
+        if last is None or not self.trainer.is_global_zero:
+            return
+        lines = [f"checkpoints: {last.dirpath}", f"  last.ckpt: the final state (step {self.trainer.global_step})"]
+        if best is not None and best.best_model_path:
+            lines.append(
+                f"  {Path(best.best_model_path).name}: the best {best.monitor} ({float(best.best_model_score):.4g})"
+            )
+            for path in sorted(Path(best.dirpath).glob("best-*.ckpt")):
+                if str(path) != best.best_model_path:
+                    lines.append(
+                        f"  {path.name}: kept by a monitor setting of its own (save_top_k > 1) or an older run"
+                    )
+        print("\n".join(lines))
 
 
 def build_cli(argv: list[str], **kwargs: Any) -> VAEKitCLI:
@@ -130,6 +175,7 @@ def build_cli(argv: list[str], **kwargs: Any) -> VAEKitCLI:
         subclass_mode_data=True,
         args=argv,
         auto_configure_optimizers=False,
+        trainer_defaults={"enable_model_summary": False},  # the `summary` callback prints it, without FLOPs
         **kwargs,
     )
 
@@ -170,23 +216,36 @@ class Session:
             raise ValueError(f"the data has no {split!r} split")
         size = len(next(iter(datamodule.splits[split].values())))
         if max(indices) >= size:
-            raise ValueError(f"asked for example {max(indices)} but the {split} split has {size}")
+            raise ValueError(
+                f"asked for {max(indices) + 1} examples but the {split} split has {size}; pass --num {size} or "
+                "less, or give your own files with --input"
+            )
         return self.prepare({k: v[list(indices)] for k, v in datamodule.splits[split].items()})
 
     def inputs(self, items: list[str]) -> Batch:
         return self.prepare(self.datamodule.load_inputs(items))
 
     def generate(self, z: torch.Tensor) -> Any:
-        return self.model.generate(z, **self.options)
+        # Reconstructions and interpolations follow from z alone unless a flag asks for sampling.
+        deterministic = self.args.command in ("reconstruct", "interpolate")
+        return self.model.generate(z, deterministic=deterministic, **self.options)
 
-    def evaluation_trainer(self) -> pl.Trainer:
-        """A one-device Lightning trainer over ``--split`` (progress bar, device placement), set up from the flags."""
+    def save(self, data: Any, stem: str, nrow: int | None = None) -> list[Path]:
+        return self.model.save_outputs(data, self.out, stem, nrow=nrow, **self.options)
+
+    def evaluation_trainer(self, datamodule: VAEDataModule, split: str) -> pl.Trainer:
+        """A one-device Lightning trainer over ``split`` of ``datamodule`` (progress bar, device placement)."""
         self.model.eval_iw_samples = getattr(self.args, "iw_samples", 0)
-        self.datamodule.eval_split = self.args.split
+        datamodule.eval_split = split
         if self.args.batch_size:
-            self.datamodule.hparams.eval_batch_size = self.args.batch_size
+            datamodule.hparams.eval_batch_size = self.args.batch_size
+        elif self.model.eval_iw_samples > 0:
+            # The IW estimator works in chunks of iw_max_rows rows whatever the batch size, so batches of that
+            # many rows cost no speed and let the progress bar move (and estimate the time) batch by batch.
+            rows = self.model.hparams.iw_max_rows // self.model.eval_iw_samples
+            datamodule.hparams.eval_batch_size = max(1, rows)
         max_examples = getattr(self.args, "max_examples", None)
-        batch_size = self.datamodule.hparams.eval_batch_size or self.datamodule.hparams.batch_size
+        batch_size = datamodule.hparams.eval_batch_size or datamodule.hparams.batch_size
         limit = math.ceil(max_examples / batch_size) if max_examples else 1.0
         return pl.Trainer(
             accelerator=self.args.device,
@@ -210,14 +269,13 @@ def _concat(parts: list[Any]) -> Any:
 
 def cmd_sample(s: Session) -> list[Path]:
     z = s.model.sample_latents(s.args.num, s.args.temperature)
-    return s.model.save_outputs(_concat(_in_batches(s, z)), s.out, "samples")
+    return s.save(_concat(_in_batches(s, z)), "samples")
 
 
 def cmd_reconstruct(s: Session) -> list[Path]:
     batch = s.inputs(s.args.input) if s.args.input else s.examples("test", range(s.args.num))
     reconstructions = s.generate(s.model.posterior(batch).mode())
-    paths = s.model.save_outputs(s.model.as_outputs(batch), s.out, "inputs")
-    return paths + s.model.save_outputs(reconstructions, s.out, "reconstructions")
+    return s.save(s.model.as_outputs(batch), "inputs") + s.save(reconstructions, "reconstructions")
 
 
 def cmd_interpolate(s: Session) -> list[Path]:
@@ -226,7 +284,7 @@ def cmd_interpolate(s: Session) -> list[Path]:
     batch = s.inputs([s.args.a, s.args.b]) if s.args.a is not None else s.examples("test", [0, 1])
     z = s.model.posterior(batch).mode()
     path = s.model.interpolate_latents(z[0], z[1], s.args.steps)
-    return s.model.save_outputs(s.generate(path), s.out, "interpolation", nrow=s.args.steps)
+    return s.save(s.generate(path), "interpolation", nrow=s.args.steps)
 
 
 def cmd_traverse(s: Session) -> list[Path]:
@@ -234,18 +292,20 @@ def cmd_traverse(s: Session) -> list[Path]:
     dims = s.args.dims if s.args.dims is not None else list(range(min(latent_dim, 10)))
     base = torch.zeros(1, latent_dim, device=s.model.device)
     grid = s.model.traverse_latents(base, dims, s.args.span, s.args.steps)
-    paths = s.model.save_outputs(_concat(_in_batches(s, grid)), s.out, "traversal", nrow=s.args.steps)
+    paths = s.save(_concat(_in_batches(s, grid)), "traversal", nrow=s.args.steps)
     write_text(s.out / "traversal.json", json.dumps({"dims": dims, "span": s.args.span, "steps": s.args.steps}))
     return paths
 
 
-def _run_predict(s: Session) -> dict[str, torch.Tensor]:
-    outputs = s.evaluation_trainer().predict(s.model, datamodule=s.datamodule)
+def _run_predict(s: Session, datamodule: VAEDataModule | None = None, split: str | None = None) -> dict[str, Any]:
+    """Per-example outputs of ``predict_step`` over a split (``--split`` of the model's data by default)."""
+    datamodule = datamodule or s.datamodule
+    outputs = s.evaluation_trainer(datamodule, split or s.args.split).predict(s.model, datamodule=datamodule)
     return {k: torch.cat([o[k] for o in outputs]).cpu() for k in outputs[0]}
 
 
 def cmd_evaluate(s: Session) -> list[Path]:
-    s.evaluation_trainer().test(s.model, datamodule=s.datamodule, verbose=False)
+    s.evaluation_trainer(s.datamodule, s.args.split).test(s.model, datamodule=s.datamodule, verbose=False)
     result = {"split": s.args.split, **s.model.evaluation}
     out = s.out
     write_text(out, json.dumps(result, indent=2) + "\n")
@@ -255,41 +315,60 @@ def cmd_evaluate(s: Session) -> list[Path]:
 
 def cmd_encode(s: Session) -> list[Path]:
     outputs = _run_predict(s)
-    out = s.out.with_suffix(".npz")
-    with atomic_path(out) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, mean=outputs["mean"].numpy(), logvar=outputs["logvar"].numpy(), label=outputs["label"].numpy())
-    paths = [out]
+    arrays = {k: outputs[k].numpy() for k in ("mean", "logvar", "label")}
+    paths = [s.out.with_suffix(".npz")]
     if s.args.plot:
-        from vaekit.plots import latent_scatter
+        from vaekit.plots import latent_scatter, project_2d
 
+        points, axis = project_2d(outputs["mean"], s.args.projection, s.args.seed)
+        arrays["projection"] = points.numpy()  # the plotted coordinates, beside the latents
         label_names = getattr(s.model.spec, "label_names", None) or []
-        paths.append(latent_scatter(outputs["mean"], outputs["label"], s.args.plot, label_names))
+        paths.append(latent_scatter(points, axis, outputs["label"], s.args.plot, label_names))
+    with atomic_path(paths[0]) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
     return paths
 
 
 def cmd_score(s: Session) -> list[Path]:
-    outputs = _run_predict(s)
-    score_key = "nll" if "nll" in outputs else "neg_elbo"
-    scores, labels = outputs[score_key], outputs["label"]
-    out = s.out
-    with atomic_path(out) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["index", "label", score_key])
-        for i, (label, score) in enumerate(zip(labels.tolist(), scores.tolist(), strict=True)):
-            writer.writerow([i, label, f"{score:.6f}"])
-    if s.args.normal is not None:
-        from torchmetrics.functional.classification import binary_auroc
+    from vaekit.scoring import anomaly_score, auroc, label_indices
 
-        normal = torch.tensor([int(n) for n in s.args.normal])
-        is_anomaly = (~torch.isin(labels, normal)).long()
-        if 0 < int(is_anomaly.sum()) < len(is_anomaly):
-            # Min-max scaling keeps the ranking (all AUROC sees) and stops torchmetrics applying a sigmoid.
-            scaled = (scores - scores.min()) / (scores.max() - scores.min()).clamp(min=1e-12)
-            auroc = float(binary_auroc(scaled, is_anomaly))
-            print(f"AUROC ({score_key} as anomaly score, normal labels {s.args.normal}): {auroc:.4f}")
-        else:
+    correction = s.args.correction
+    s.model.score_complexity = correction == "complexity"
+    inside = _run_predict(s)
+    key = "nll" if "nll" in inside else "neg_elbo"
+    # The typical score is that of in-distribution data the model did not train on: the validation split.
+    typical = float(_run_predict(s, split="val")[key].mean()) if correction == "typicality" else None
+    sets = {"in": inside}
+    if s.args.ood_root:
+        # Another dataset: the label filters the model was trained with say nothing about its classes.
+        ood = load_datamodule(s.model, s.record, s.args.ood_root, labels=None, exclude_labels=None)
+        sets["ood"] = _run_predict(s, ood)
+    scores = {name: anomaly_score(o[key], correction, typical, o.get("complexity_bits")) for name, o in sets.items()}
+    with atomic_path(s.out) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["index", "set", "label", key, "score"])
+        for name, outputs in sets.items():
+            rows = zip(outputs["label"].tolist(), outputs[key].tolist(), scores[name].tolist(), strict=True)
+            for i, (label, raw, score) in enumerate(rows):
+                writer.writerow([i, name, label, f"{raw:.6f}", f"{score:.6f}"])
+    what = f"{key} with the {correction} correction" if correction != "none" else key
+    if "ood" in sets:
+        both = torch.cat([scores["in"], scores["ood"]])
+        is_ood = torch.cat([torch.zeros(len(scores["in"])), torch.ones(len(scores["ood"]))])
+        print(f"AUROC in-distribution vs {s.args.ood_root} ({what}): {auroc(both, is_ood):.4f}")
+    if s.args.normal is not None:
+        label_names = getattr(s.model.spec, "label_names", None) or []
+        labels, normal = inside["label"], label_indices(s.args.normal, label_names)
+        overall = auroc(scores["in"], (~torch.isin(labels, normal)).long())
+        if overall is None:
             print("AUROC not computed: the split holds only normal or only anomalous examples")
-    return [out]
+        else:
+            print(f"AUROC ({what}, normal labels {s.args.normal}): {overall:.4f}")
+            for value in sorted(set(labels.tolist()) - set(normal.tolist())):
+                chosen = torch.isin(labels, normal) | (labels == value)
+                name = label_names[value] if 0 <= value < len(label_names) else str(value)
+                print(f"  label {name} vs normal: {auroc(scores['in'][chosen], (labels[chosen] == value).long()):.4f}")
+    return [s.out]
 
 
 def cmd_export(s: Session) -> list[Path]:
@@ -314,7 +393,45 @@ FILE_COMMANDS: dict[str, Callable[[Session], list[Path]]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+GENERATION_COMMANDS = ("sample", "reconstruct", "interpolate", "traverse")
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``, else a message saying so."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes", "on"):
+        return True
+    if text.lower() in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def _add_options(parser: argparse.ArgumentParser, options_type: type, modality: str) -> None:
+    """The plugin's generation options as flags, with the dataclass fields' defaults and help."""
+    group = parser.add_argument_group(f"{modality} options")
+    for f in dataclasses.fields(options_type):
+        kind = _boolean if isinstance(f.default, bool) else (type(f.default) if f.default is not None else str)
+        help_ = f.metadata.get("help", "")
+        group.add_argument(
+            f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=f.default, help=f"{help_} (%(default)s)"
+        )
+
+
+def build_parser(options_type: type | None = None, modality: str = "") -> argparse.ArgumentParser:
+    """The command line; with a model's ``options_type`` the generation commands also take its flags."""
     parser = argparse.ArgumentParser(
         prog="vaekit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -336,22 +453,31 @@ def build_parser() -> argparse.ArgumentParser:
         p = command(name, help_)
         p.add_argument("--out", required=True, help="a new or empty folder")
         p.add_argument("--overwrite", action="store_true", help="replace the folder's earlier outputs as a whole")
+        if name in GENERATION_COMMANDS:
+            if options_type is not None:
+                _add_options(p, options_type, modality)
+            elif modality:
+                p.epilog = f"{modality} models take no flags of their own."
+            else:
+                p.epilog = (
+                    f"The model's own flags (text decoding, audio inversion) are listed by: vaekit {name} MODEL --help"
+                )
         return p
 
     p = folder_command("sample", "draw samples from the prior")
-    p.add_argument("--num", type=int, default=16)
+    p.add_argument("--num", type=_count(1), default=16)
     p.add_argument("--temperature", type=float, default=1.0, help="scales the prior's standard deviation")
     p = folder_command("reconstruct", "encode and decode test examples or given inputs")
-    p.add_argument("--num", type=int, default=8)
+    p.add_argument("--num", type=_count(1), default=8)
     p.add_argument("--input", nargs="+", help="files (or sentences, for text) to reconstruct")
     p = folder_command("interpolate", "decode the straight line between two encoded inputs")
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--steps", type=_count(2), default=8)
     p.add_argument("--a")
     p.add_argument("--b")
     p = folder_command("traverse", "sweep single latent dimensions around the prior mean")
     p.add_argument("--dims", type=int, nargs="+")
     p.add_argument("--span", type=float, default=3.0)
-    p.add_argument("--steps", type=int, default=9)
+    p.add_argument("--steps", type=_count(2), default=9)
     for name, help_ in (
         ("evaluate", "ELBO, importance-weighted NLL and latent diagnostics as JSON"),
         ("encode", "posterior means and log-variances (.npz), optionally a 2-D plot"),
@@ -360,19 +486,30 @@ def build_parser() -> argparse.ArgumentParser:
         p = command(name, help_)
         p.add_argument("--split", choices=("val", "test"), default="test")
         p.add_argument("--out", required=True)
-        p.add_argument("--batch-size", type=int)
-        p.add_argument("--max-examples", type=int, help="only the first N examples (rounded up to whole batches)")
+        p.add_argument("--batch-size", type=_count(1))
+        p.add_argument("--max-examples", type=_count(1), help="only the first N examples (rounded up to whole batches)")
         if name == "evaluate":
-            p.add_argument("--iw-samples", type=int, default=1000)
+            p.add_argument("--iw-samples", type=_count(0), default=1000, help="0: the ELBO only")
         if name == "score":
-            p.add_argument("--iw-samples", type=int, default=0, help="> 0 scores with the IW NLL instead of -ELBO")
-            p.add_argument("--normal", nargs="+", help="labels of normal examples; prints the AUROC of the scores")
+            p.add_argument(
+                "--iw-samples", type=_count(0), default=0, help="> 0 scores with the IW NLL instead of -ELBO"
+            )
+            p.add_argument("--normal", nargs="+", help="labels of normal examples; prints the AUROC, and per label")
+            p.add_argument("--ood-root", help="a second dataset of the same modality: scored too, with the AUROC")
+            p.add_argument(
+                "--correction",
+                choices=CORRECTIONS,
+                default="none",
+                help="typicality: distance from the validation data's typical score; complexity: minus the input's "
+                "compressed size in bits (see docs/anomaly.md)",
+            )
         if name == "encode":
-            p.add_argument("--plot", help="PNG of the latent means, coloured by label (PCA beyond 2-D)")
+            p.add_argument("--plot", help="PNG of the latent means, coloured by label, projected to 2-D beyond 2-D")
+            p.add_argument("--projection", choices=("pca", "tsne", "umap"), default="pca", help="for --plot")
     p = folder_command("export", "write a shareable folder: config.json, model.safetensors, assets, model card")
     p.add_argument("--onnx", action="store_true", help="also write the decoder (and encoder) as ONNX graphs")
     p.add_argument("--evaluation", help="a JSON file from `vaekit evaluate`, quoted in the model card")
-    p.add_argument("--num", type=int, default=16, help="prior samples shown in the model card (0: none)")
+    p.add_argument("--num", type=_count(0), default=16, help="prior samples shown in the model card (0: none)")
     p = sub.add_parser("push", help="upload an exported folder to the Hugging Face Hub")
     p.add_argument("folder", help="a folder written by `vaekit export`")
     p.add_argument("repo_id", help="the model repository, e.g. your-name/mnist-vae (created if missing)")
@@ -381,16 +518,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _options_parser(options_type: type | None) -> argparse.ArgumentParser:
-    """Flags for a plugin's generation options, built from its dataclass fields."""
-    parser = argparse.ArgumentParser(prog="vaekit (modality options)", add_help=False)
-    for f in dataclasses.fields(options_type) if options_type else ():
-        kind = type(f.default) if f.default is not None else str
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=f.default)
-    return parser
-
-
 def run_command(argv: list[str]) -> None:
+    asks_help = len(argv) > 1 and argv[0] in GENERATION_COMMANDS and bool({"-h", "--help"} & set(argv))
+    if asks_help and not argv[1].startswith("-"):  # `vaekit sample MODEL --help`: the model's own flags too
+        model, _ = load_model(argv[1])
+        build_parser(model.generation_options, model.modality).parse_args(argv)
     args, rest = build_parser().parse_known_args(argv)
     if args.command == "recipes":
         if args.copy:
@@ -409,20 +541,21 @@ def run_command(argv: list[str]) -> None:
     pl.seed_everything(args.seed, verbose=False)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model, record = load_model(args.ckpt, device)
-    extra, unknown = _options_parser(model.generation_options).parse_known_args(rest)
-    if unknown:
-        raise SystemExit(
-            f"vaekit {args.command}: unrecognised arguments for a {model.modality} model: {' '.join(unknown)}"
-        )
+    # Parsed again with the model's flags: a flag the command does not use (a decoding flag for evaluate,
+    # say) is rejected by argparse, naming it.
+    options_type = model.generation_options if args.command in GENERATION_COMMANDS else None
+    args = build_parser(options_type, model.modality).parse_args(argv)
+    fields = dataclasses.fields(options_type) if options_type else ()
+    options = {f.name: getattr(args, f.name) for f in fields}
     out = Path(args.out)
     with torch.no_grad():
         if args.command in FOLDER_COMMANDS:
             # Everything is written into a hidden staging folder that becomes --out only when complete.
             with atomic_folder(out, args.overwrite) as staging:
-                written = FOLDER_COMMANDS[args.command](Session(model, record, args, vars(extra), staging))
+                written = FOLDER_COMMANDS[args.command](Session(model, record, args, options, staging))
             paths = [out / p.relative_to(staging) for p in written]
         else:
-            paths = FILE_COMMANDS[args.command](Session(model, record, args, vars(extra), out))
+            paths = FILE_COMMANDS[args.command](Session(model, record, args, options, out))
     print(f"wrote {len(paths)} file(s), e.g. {paths[0]}")
 
 
@@ -444,7 +577,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Bad input gets one readable line; VAEKIT_DEBUG=1 keeps the traceback for bug reports.
         if os.environ.get("VAEKIT_DEBUG"):
             raise
-        raise SystemExit(f"vaekit: error: {err} (VAEKIT_DEBUG=1 shows the traceback)") from err
+        message = str(err)
+        if argv and argv[0] not in LIGHTNING_COMMANDS:  # data errors are phrased for fit; name this command's flag
+            message = message.replace("--data.root", "--data-root")
+        raise SystemExit(f"vaekit: error: {message} (VAEKIT_DEBUG=1 shows the traceback)") from err
 
 
 if __name__ == "__main__":

@@ -65,7 +65,9 @@ class VectorVAE(VAE):
     def generate(self, z: Tensor, **options: Any) -> Tensor:
         return self.decoder(z)
 
-    def save_outputs(self, data: Tensor, out_dir: Path, stem: str, nrow: int | None = None) -> list[Path]:
+    def save_outputs(
+        self, data: Tensor, out_dir: Path, stem: str, nrow: int | None = None, **options: Any
+    ) -> list[Path]:
         path = Path(out_dir) / f"{stem}.csv"
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
             csv.writer(handle).writerows(data.tolist())

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -117,9 +117,12 @@ class VAEDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         skip_bad_files: bool = False,
         test_fraction: float = 0.1,
+        labels: list[str | int] | None = None,
+        exclude_labels: list[str | int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.label_names: list[str] = []  # class names by label index, for data that has classes
         self.source = resolve_root(root)
         if self.source.local is not None:  # saved absolute, so a checkpoint works from any directory
             self.hparams.root = str(self.source.local)
@@ -155,8 +158,36 @@ class VAEDataModule(pl.LightningDataModule):
         self.splits = self.load_splits()
         if self.skipped:
             rank_zero_warn(f"skipped {len(self.skipped)} bad file(s); first: {self.skipped[0]}")
+        self.filter_labels()
         if self.spec is None:
             self.spec = self.make_spec(self.splits["train"])
+
+    def filter_labels(self) -> None:
+        """Keep (``labels``) or drop (``exclude_labels``) classes in the training and validation splits.
+
+        The test split keeps every class, so a model trained on normal classes only can be scored on the
+        held-out ones (`vaekit score --normal ...`).
+        """
+        keep = [str(v) for v in self.hparams.labels or []]
+        drop = [str(v) for v in self.hparams.exclude_labels or []]
+        if (not keep and not drop) or "train" not in self.splits:  # nothing to filter when only evaluating
+            return
+        if not self.label_names:
+            raise ValueError(f"{self.source}: --data.labels and --data.exclude_labels need labelled data; it has none")
+        unknown = sorted(set(keep + drop) - set(self.label_names))
+        if unknown:
+            raise ValueError(f"{self.source}: no label(s) {unknown}; the labels are {self.label_names}")
+        chosen = torch.tensor(
+            [i for i, name in enumerate(self.label_names) if (not keep or name in keep) and name not in drop]
+        )
+        for split in ("train", "val"):
+            if split in self.splits:
+                rows = torch.isin(self.splits[split]["label"], chosen)
+                self.splits[split] = {k: v[rows] for k, v in self.splits[split].items()}
+        if "train" in self.splits and len(self.splits["train"]["label"]) == 0:
+            raise ValueError(f"{self.source}: no training examples left with labels {keep or 'all'} minus {drop}")
+        kept = [self.label_names[i] for i in chosen.tolist()]
+        rank_zero_info(f"training and validation on labels {kept}; the test split keeps all of {self.label_names}")
 
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
         if split not in self.splits:

@@ -9,6 +9,7 @@ latent-space walks are written here once.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -118,10 +119,12 @@ class VAE(pl.LightningModule):
         self.spec: Any = None
         self.val_diagnostics = PosteriorDiagnostics()
         self.eval_iw_samples = 0  # set by `vaekit evaluate`
+        self.score_complexity = False  # set by `vaekit score --correction complexity`
         sums = ("elbo", "rec", "kl", "nll", "units", "count", *self.eval_extras)
         self._eval_sums = torch.nn.ModuleDict({k: SumMetric() for k in sums})
         self._eval_diagnostics = PosteriorDiagnostics()
         self.evaluation: dict[str, float] = {}
+        self.last_kl_per_dim: Tensor | None = None  # of the latest validation, for TensorBoard
         self.recipe = ""  # the fit config as YAML, set by `vaekit fit`, kept in checkpoints for model cards
         # First optimiser step whose loss or gradient was non-finite (-1: none). A device tensor, so the
         # per-step check costs no host sync; it is read where Lightning syncs anyway and before every save.
@@ -156,17 +159,22 @@ class VAE(pl.LightningModule):
         """Per-example figures named in ``eval_extras`` (e.g. spectral distances); `evaluate` averages them."""
         return {}
 
-    def generate(self, z: Tensor, **options: Any) -> Any:
-        """Turn latents into data (images, sentences, waveforms)."""
+    def generate(self, z: Tensor, deterministic: bool = False, **options: Any) -> Any:
+        """Turn latents into data (images, sentences, waveforms). ``deterministic``: the command wants outputs
+        that follow from z alone (reconstructions, interpolations), for decoders that can also sample."""
         raise NotImplementedError
 
     def as_outputs(self, batch: Batch) -> Any:
         """A batch of real inputs in the form ``generate`` returns, so `reconstruct` can write both alike."""
         return batch["x"]
 
-    def save_outputs(self, data: Any, out_dir: Path, stem: str, nrow: int | None = None) -> list[Path]:
-        """Write generated data as files a person opens; return the paths written."""
+    def save_outputs(self, data: Any, out_dir: Path, stem: str, nrow: int | None = None, **options: Any) -> list[Path]:
+        """Write generated data as files a person opens; return the paths written. ``options`` are the
+        command's generation options (``generation_options``), for writers that depend on them."""
         raise NotImplementedError
+
+    def log_media(self, writer: Any, tag: str, data: Any, step: int) -> None:
+        """Show generated data in TensorBoard (a ``SummaryWriter``): images, audio or text. Default: nothing."""
 
     def encoder_example(self) -> Tensor | None:
         """An example encoder input (batch of 2) for ONNX export; ``None`` when the encoder takes no single tensor."""
@@ -344,6 +352,7 @@ class VAE(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         stats = self.val_diagnostics.compute()
         self.val_diagnostics.reset()
+        self.last_kl_per_dim = stats["kl_per_dim"].detach().cpu()
         self.log("val/active_units", stats["active_units"], prog_bar=True)
         self.log("val/mutual_info", stats["mutual_info"])
         for dim, value in enumerate(stats["kl_per_dim"]):
@@ -406,7 +415,16 @@ class VAE(pl.LightningModule):
         }
         if self.eval_iw_samples > 0:
             out["nll"] = self.nll(batch, self.eval_iw_samples)
+        if self.score_complexity:
+            out["complexity_bits"] = self.complexity_bits(batch).to(terms.rec.device, terms.rec.dtype)
         return out
+
+    def complexity_bits(self, batch: Batch) -> Tensor:
+        """Bits a lossless compressor needs for each input: the "input complexity" of Serrà et al. (2020)
+        that `vaekit score --correction complexity` subtracts. zlib on the raw tensor here; plugins with a
+        compressor made for their data (PNG, FLAC) override it."""
+        sizes = [len(zlib.compress(x.detach().cpu().numpy().tobytes(), 9)) for x in batch["x"]]
+        return 8 * torch.tensor(sizes, dtype=torch.float64)
 
     # ----------------------------------------------------------------- latent space
     def sample_latents(self, num: int, temperature: float = 1.0) -> Tensor:

@@ -260,7 +260,6 @@ class AudioDataModule(VAEDataModule):
         self.num_samples = round(duration * sample_rate)
         if self.num_samples < n_fft:
             raise ValueError(f"duration {duration}s is {self.num_samples} samples, shorter than n_fft={n_fft}")
-        self.label_names: list[str] = []
         self._features: LogMel | None = None
 
     # ---------------------------------------------------------------- listing files
@@ -396,6 +395,8 @@ class AudioDataModule(VAEDataModule):
         named = {c.split for c in clips} - {None}
         given = {("val" if s == "validation" else s): [c for c in clips if c.split == s] for s in named}
         pool = given.pop("train", [c for c in clips if c.split is None])
+        if not pool and given and self.spec is not None:  # a checkpoint command reading, say, only test files
+            return given
         held_out = [name for name in ("val", "test") if name not in given]
         speakers = sorted({c.speaker for c in pool if c.speaker is not None})
         if held_out and pool and all(c.speaker is not None for c in pool) and len(speakers) > len(held_out):
@@ -427,7 +428,11 @@ class AudioDataModule(VAEDataModule):
         for name, chosen in asked.items():
             unknown = sorted(set(chosen or ()) - set(speakers))
             if unknown:
-                raise ValueError(f"--data.{name}_speakers {unknown} not among the speakers found: {speakers}")
+                raise ValueError(
+                    f"--data.{name}_speakers {unknown} not among the speakers found in {self.source}: {speakers}; "
+                    f"name one of them with --data.{name}_speakers, or pass --data.{name}_speakers null to hold "
+                    "out one chosen at random"
+                )
         free = [s for s in speakers if not any(s in (a or ()) for a in asked.values())]
         free = [free[i] for i in torch.randperm(len(free), generator=torch.Generator().manual_seed(hp.seed))]
         chosen = {}
@@ -510,7 +515,9 @@ class AudioDataModule(VAEDataModule):
 class AudioGenerationOptions:
     """Flags of the generation commands, e.g. ``vaekit sample CKPT --griffin-lim-iters 200``."""
 
-    griffin_lim_iters: int = 0  # 0: the checkpoint's model.griffin_lim_iters
+    griffin_lim_iters: int = field(
+        default=0, metadata={"help": "Griffin-Lim iterations per clip (0: the model's griffin_lim_iters)"}
+    )
 
 
 class AudioVAE(VAE):
@@ -574,6 +581,16 @@ class AudioVAE(VAE):
     def log_likelihood(self, params: Tensor, batch: Batch) -> Tensor:
         return self.likelihood.log_prob(params, batch["mel"])
 
+    def complexity_bits(self, batch: Batch) -> Tensor:
+        """FLAC size of each clip's real (unpadded) samples at 16 bits."""
+        sizes = []
+        for waveform, length in zip(batch["x"], batch["length"].tolist(), strict=True):
+            buffer = io.BytesIO()
+            samples = waveform[:length].detach().float().cpu().clamp(-1, 1).numpy()
+            sf.write(buffer, samples, self.spec.sample_rate, format="FLAC", subtype="PCM_16")
+            sizes.append(len(buffer.getvalue()))
+        return 8 * torch.tensor(sizes, dtype=torch.float64)
+
     def encoder_example(self) -> Tensor:
         """The encoder reads the normalised log-mel (B, n_mels, frames); waveform features stay outside ONNX."""
         return torch.zeros(2, self.spec.n_mels, self.spec.num_frames, device=self.device)
@@ -591,12 +608,26 @@ class AudioVAE(VAE):
         """Waveforms (B, num_samples) from the likelihood's mean log-mel."""
         return self.to_waveform(self.likelihood.mean(self.decoder(z)), griffin_lim_iters)
 
-    def save_outputs(self, data: Tensor, out_dir: Path, stem: str, nrow: int | None = None) -> list[Path]:
+    def spectrograms(self, waveforms: Tensor) -> list[Image.Image]:
+        """Log-mel pictures of clips, on one shared dB scale."""
+        log_mel = self.features.log_mel(waveforms.detach().float().to(self.device))
+        top = float(20 * log_mel.max() / math.log(10))
+        return [spectrogram_image(m, top) for m in log_mel]
+
+    def log_media(self, writer: Any, tag: str, data: Tensor, step: int) -> None:
+        images = self.spectrograms(data)
+        grid = np.asarray(_grid(images, max(1, math.ceil(math.sqrt(len(images))))).convert("RGB"))
+        writer.add_image(f"{tag}/spectrograms", grid, step, dataformats="HWC")
+        for i, waveform in enumerate(data[:4]):
+            clip = waveform.detach().float().cpu().clamp(-1, 1).unsqueeze(0)
+            writer.add_audio(f"{tag}/{i}", clip, step, sample_rate=self.spec.sample_rate)
+
+    def save_outputs(
+        self, data: Tensor, out_dir: Path, stem: str, nrow: int | None = None, **options: Any
+    ) -> list[Path]:
         """``stem``_0000.wav and ``stem``_0000.png (its log-mel spectrogram) per clip, and ``stem``.png, a grid of them."""
         waveforms = data.detach().float()
-        log_mel = self.features.log_mel(waveforms.to(self.device))
-        top = float(20 * log_mel.max() / math.log(10))
-        images = [spectrogram_image(m, top) for m in log_mel]
+        images = self.spectrograms(waveforms)
         nrow = nrow or max(1, math.ceil(math.sqrt(len(images))))
         paths = [_save_image(_grid(images, nrow), Path(out_dir) / f"{stem}.png")]
         for i, (waveform, image) in enumerate(zip(waveforms, images, strict=True)):

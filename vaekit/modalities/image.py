@@ -68,7 +68,8 @@ def read_idx(folder: Path, stem: str, magic: int) -> np.ndarray:
 
 
 def is_mnist_folder(folder: Path) -> bool:
-    return any((folder / f"{MNIST_FILES['train'][0]}{ext}").exists() for ext in ("", ".gz"))
+    """MNIST IDX files of either split (a test-only folder is enough for the checkpoint commands)."""
+    return any((folder / f"{images}{ext}").exists() for images, _ in MNIST_FILES.values() for ext in ("", ".gz"))
 
 
 class ImageDataModule(VAEDataModule):
@@ -91,7 +92,6 @@ class ImageDataModule(VAEDataModule):
         **common: Any,
     ) -> None:
         super().__init__(root, **common)
-        self.label_names: list[str] = []
 
     # ---------------------------------------------------------------- loading
     def load_splits(self) -> dict[str, dict[str, Tensor]]:
@@ -100,14 +100,17 @@ class ImageDataModule(VAEDataModule):
             raw = self._load_mnist(self.source.local)
         else:
             raw = self._load_with_datasets()
+        if "train" not in raw and self.spec is None:
+            raise ValueError(f"{self.source}: no training images (a train split, or MNIST train-* files)")
         if "test" not in raw:
             raw["train"], raw["test"] = split_off(raw["train"], hp.test_fraction, hp.seed + 1)
         if hp.limit:
             raw = {name: {k: v[: hp.limit] for k, v in split.items()} for name, split in raw.items()}
-        raw["train"], raw["val"] = split_off(raw["train"], hp.val_fraction, hp.seed)
+        if "train" in raw:  # a checkpoint command may read a folder that holds only test images
+            raw["train"], raw["val"] = split_off(raw["train"], hp.val_fraction, hp.seed)
         if hp.binarize:
             generator = torch.Generator().manual_seed(hp.seed)
-            for name in ("val", "test"):
+            for name in ("val", "test") if "val" in raw else ("test",):
                 raw[name]["x"] = (
                     torch.bernoulli(raw[name]["x"].float() / 255, generator=generator).to(torch.uint8) * 255
                 )
@@ -116,7 +119,7 @@ class ImageDataModule(VAEDataModule):
     def _load_mnist(self, folder: Path) -> dict[str, dict[str, Tensor]]:
         splits = {}
         for split, (images, labels) in MNIST_FILES.items():
-            if split == "test" and not any((folder / f"{images}{e}").exists() for e in ("", ".gz")):
+            if not any((folder / f"{images}{e}").exists() for e in ("", ".gz")):
                 continue
             x = read_idx(folder, images, 2051)
             y = read_idx(folder, labels, 2049)
@@ -142,12 +145,13 @@ class ImageDataModule(VAEDataModule):
                 ) from err
         else:
             dataset = load_hub_dataset(self.source.hub_id)
-        image_column = next((c for c in ("image", "img", "pixel_values") if c in dataset["train"].features), None)
+        features = next(iter(dataset.values())).features  # the train split's, or the only one (a test folder)
+        image_column = next((c for c in ("image", "img", "pixel_values") if c in features), None)
         if image_column is None:
-            raise ValueError(f"{self.source}: no image column (looked for image, img) in {dataset['train'].features}")
-        label_column = next((c for c in ("label", "labels") if c in dataset["train"].features), None)
-        if label_column is not None and hasattr(dataset["train"].features[label_column], "names"):
-            self.label_names = list(dataset["train"].features[label_column].names)
+            raise ValueError(f"{self.source}: no image column (looked for image, img) in {features}")
+        label_column = next((c for c in ("label", "labels") if c in features), None)
+        if label_column is not None and hasattr(features[label_column], "names"):
+            self.label_names = list(features[label_column].names)
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
         splits = {}
         for name in ("train", "test"):
@@ -284,6 +288,16 @@ class ImageVAE(VAE):
     def summary_metrics(self, nll_sum: float, units_sum: float) -> dict[str, float]:
         return {"bits_per_dim": bits_per_dim(nll_sum, units_sum)}
 
+    def complexity_bits(self, batch: Batch) -> Tensor:
+        """PNG size of each image (as Serrà et al. 2020 use it)."""
+        sizes = []
+        for image in _to_uint8(batch["x"]):
+            array = image.permute(1, 2, 0).numpy()
+            buffer = io.BytesIO()
+            Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buffer, format="PNG", optimize=True)
+            sizes.append(len(buffer.getvalue()))
+        return 8 * torch.tensor(sizes, dtype=torch.float64)
+
     def encoder_example(self) -> Tensor:
         return torch.zeros(2, self.spec.channels, self.spec.height, self.spec.width, device=self.device)
 
@@ -291,13 +305,22 @@ class ImageVAE(VAE):
         """Images in [0, 1]: the likelihood's mean (Bernoulli probabilities or Gaussian mean)."""
         return self.likelihood.mean(self.decoder(z)).clamp(0, 1)
 
-    def save_outputs(self, data: Tensor, out_dir: Path, stem: str, nrow: int | None = None) -> list[Path]:
+    def log_media(self, writer: Any, tag: str, data: Tensor, step: int) -> None:
+        writer.add_image(tag, make_grid(_to_uint8(data), max(1, math.ceil(math.sqrt(len(data))))), step)
+
+    def save_outputs(
+        self, data: Tensor, out_dir: Path, stem: str, nrow: int | None = None, **options: Any
+    ) -> list[Path]:
         """One PNG grid (``stem``.png) plus one PNG per image (``stem``_0000.png...)."""
-        images = (data.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+        images = _to_uint8(data)
         nrow = nrow or max(1, math.ceil(math.sqrt(len(images))))
         paths = [_save_png(make_grid(images, nrow), out_dir / f"{stem}.png")]
         paths += [_save_png(image, out_dir / f"{stem}_{i:04d}.png") for i, image in enumerate(images)]
         return paths
+
+
+def _to_uint8(images: Tensor) -> Tensor:
+    return (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def make_grid(images: Tensor, nrow: int, pad: int = 2) -> Tensor:

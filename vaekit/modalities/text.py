@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -275,7 +276,7 @@ class TextDataModule(VAEDataModule):
     def load_splits(self) -> dict[str, dict[str, Tensor]]:
         hp = self.hparams
         texts = self._read_local(self.source.local) if self.source.local is not None else self._read_hub()
-        if "train" not in texts:
+        if "train" not in texts and self.spec is None:
             raise ValueError(
                 f"{self.source}: no training sentences (a train.txt or *.train.txt file, or a train split)"
             )
@@ -287,6 +288,8 @@ class TextDataModule(VAEDataModule):
             else:
                 self.tokenizer = load_tokenizer(hp.tokenizer)
         splits = {name: self._tokenize(lines, name) for name, lines in texts.items()}
+        if "train" not in splits:  # a checkpoint command reading only the split it needs
+            return splits
         if "test" not in splits:
             splits["train"], splits["test"] = split_off(splits["train"], hp.test_fraction, hp.seed + 1)
         if "val" not in splits:
@@ -508,21 +511,20 @@ class _DecoderStep(_DecoderPart):
 
 @dataclass
 class TextGenerationOptions:
-    """Decoding flags of `vaekit sample/reconstruct/interpolate/traverse` for text.
+    """Decoding flags of `vaekit sample/reconstruct/interpolate/traverse` for text (``vaekit sample MODEL --help``)."""
 
-    strategy: ``sample`` (ancestral, with ``token_temperature``, ``top_k``, ``top_p``), ``greedy`` or ``beam``.
-    max_length: token cap per sentence (EOS included); 0 means the training ``max_length`` + 1.
-    """
-
-    strategy: str = "sample"
-    token_temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    beam_width: int = 4
-    max_length: int = 0
+    strategy: str = field(
+        default="",
+        metadata={"help": "sample, greedy or beam; default: greedy for reconstruct and interpolate, else sample"},
+    )
+    token_temperature: float = field(default=1.0, metadata={"help": "softmax temperature when sampling"})
+    top_k: int = field(default=0, metadata={"help": "sample among the k likeliest tokens only (0: all)"})
+    top_p: float = field(default=1.0, metadata={"help": "sample within the nucleus of this probability mass"})
+    beam_width: int = field(default=4, metadata={"help": "beams for --strategy beam"})
+    max_length: int = field(default=0, metadata={"help": "token cap per sentence, EOS included (0: training cap + 1)"})
 
     def __post_init__(self) -> None:
-        if self.strategy not in ("sample", "greedy", "beam"):
+        if self.strategy not in ("", "sample", "greedy", "beam"):
             raise ValueError(f"--strategy must be sample, greedy or beam, not {self.strategy!r}")
         if self.token_temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.beam_width < 1:
             raise ValueError("need --token-temperature > 0, 0 < --top-p <= 1, --top-k >= 0 and --beam-width >= 1")
@@ -618,6 +620,11 @@ class TextVAE(VAE):
     def summary_metrics(self, nll_sum: float, units_sum: float) -> dict[str, float]:
         return {"ppl": math.exp(nll_sum / units_sum)}
 
+    def complexity_bits(self, batch: Batch) -> Tensor:
+        """zlib size of each sentence's text (padding and special tokens left out)."""
+        sizes = [len(zlib.compress(text.encode("utf-8"), 9)) for text in self.as_outputs(batch)]
+        return 8 * torch.tensor(sizes, dtype=torch.float64)
+
     def onnx_graphs(self) -> dict[str, OnnxGraph]:
         """The decoder's two parts a decoding loop needs: z -> initial state, and one step (any search runs outside)."""
         z = torch.zeros(2, self.hparams.latent_dim, device=self.device)
@@ -647,8 +654,9 @@ class TextVAE(VAE):
                 optimizer.state.pop(param, None)
 
     # ---------------------------------------------------------------- decoding
-    def generate(self, z: Tensor, **options: Any) -> list[str]:
+    def generate(self, z: Tensor, deterministic: bool = False, **options: Any) -> list[str]:
         opts = TextGenerationOptions(**options)
+        opts = replace(opts, strategy=opts.strategy or ("greedy" if deterministic else "sample"))
         max_length = opts.max_length or self.spec.max_length + 1
         if opts.strategy == "beam":
             tokens = self.beam_search(z, opts.beam_width, max_length)
@@ -720,7 +728,12 @@ class TextVAE(VAE):
     def as_outputs(self, batch: Batch) -> list[str]:
         return self.to_text(batch["x"][:, 1:])
 
-    def save_outputs(self, data: list[str], out_dir: Path, stem: str, nrow: int | None = None) -> list[Path]:
+    def log_media(self, writer: Any, tag: str, data: list[str], step: int) -> None:
+        writer.add_text(tag, "\n\n".join(f"{i}. {text}" for i, text in enumerate(data)), step)
+
+    def save_outputs(
+        self, data: list[str], out_dir: Path, stem: str, nrow: int | None = None, **options: Any
+    ) -> list[Path]:
         """``stem``.txt (one sentence per line) and ``stem``.jsonl ({"index", "text"}, plus "row"/"step" in grids)."""
         records = []
         for i, text in enumerate(data):
