@@ -154,11 +154,10 @@ class VAEKitCLI(LightningCLI):
             lines.append(
                 f"  {Path(best.best_model_path).name}: the best {best.monitor} ({float(best.best_model_score):.4g})"
             )
+            why = "among the top --best_checkpoint.save_top_k" if best.save_top_k != 1 else "from an earlier run"
             for path in sorted(Path(best.dirpath).glob("best-*.ckpt")):
                 if str(path) != best.best_model_path:
-                    lines.append(
-                        f"  {path.name}: kept by a monitor setting of its own (save_top_k > 1) or an older run"
-                    )
+                    lines.append(f"  {path.name}: {why}")
         print("\n".join(lines))
 
 
@@ -355,7 +354,8 @@ def cmd_score(s: Session) -> list[Path]:
     if "ood" in sets:
         both = torch.cat([scores["in"], scores["ood"]])
         is_ood = torch.cat([torch.zeros(len(scores["in"])), torch.ones(len(scores["ood"]))])
-        print(f"AUROC in-distribution vs {s.args.ood_root} ({what}): {auroc(both, is_ood):.4f}")
+        value = auroc(both, is_ood)
+        print(f"AUROC in-distribution vs {s.args.ood_root} ({what}): {'n/a' if value is None else f'{value:.4f}'}")
     if s.args.normal is not None:
         label_names = getattr(s.model.spec, "label_names", None) or []
         labels, normal = inside["label"], label_indices(s.args.normal, label_names)
