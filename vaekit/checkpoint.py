@@ -68,7 +68,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: not a PyTorch checkpoint (truncated or another kind of file); pass a .ckpt from `vaekit fit`"
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: tensors are read when used, so the optimiser state a command never touches stays on disk.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # an UnpicklingError for code, several types for damaged archives
         if isinstance(err, pickle.UnpicklingError):
             raise ValueError(

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from vaekit import recipes
 from vaekit.callbacks import LogMedia, ParameterSummary, ResumableCheckpoint, WriteSamples
 from vaekit.checkpoint import ModelRecord, load_datamodule, load_model, read_checkpoint, record_from_checkpoint
-from vaekit.core.data import VAEDataModule
+from vaekit.core.data import VAEDataModule, label_indices
 from vaekit.core.io import atomic_folder, atomic_path, write_text
 from vaekit.core.module import VAE, Batch, class_name
 from vaekit.modalities.registry import ModalityNotFound, get_modality
@@ -329,7 +329,7 @@ def cmd_encode(s: Session) -> list[Path]:
 
 
 def cmd_score(s: Session) -> list[Path]:
-    from vaekit.scoring import anomaly_score, auroc, label_indices
+    from vaekit.scoring import anomaly_score, auroc
 
     correction = s.args.correction
     s.model.score_complexity = correction == "complexity"
@@ -358,7 +358,7 @@ def cmd_score(s: Session) -> list[Path]:
         print(f"AUROC in-distribution vs {s.args.ood_root} ({what}): {'n/a' if value is None else f'{value:.4f}'}")
     if s.args.normal is not None:
         label_names = getattr(s.model.spec, "label_names", None) or []
-        labels, normal = inside["label"], label_indices(s.args.normal, label_names)
+        labels, normal = inside["label"], torch.tensor(label_indices(s.args.normal, label_names, "--normal"))
         overall = auroc(scores["in"], (~torch.isin(labels, normal)).long())
         if overall is None:
             print("AUROC not computed: the split holds only normal or only anomalous examples")

@@ -9,7 +9,6 @@ plugin's networks as ONNX graphs. Every checkpoint command reads it; nothing in 
 from __future__ import annotations
 
 import json
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +18,19 @@ from vaekit import __version__
 from vaekit.checkpoint import CONFIG_FILE, EXPORT_FORMAT, WEIGHTS_FILE, ModelRecord, read_exported
 from vaekit.core.io import write_text
 from vaekit.core.module import VAE
-from vaekit.modalities.registry import GROUP
+from vaekit.modalities.registry import entry_point
 
 SAMPLES_DIR = "samples"
 
 
 def _plugin(modality: str) -> dict[str, str]:
     """Which installed distribution provides the modality (so a reader knows what to pip install)."""
-    for ep in entry_points(group=GROUP):
-        if ep.name == modality:
-            dist = ep.dist
-            return {
-                "entry_point": ep.value,
-                "package": dist.name if dist else "",
-                "version": dist.version if dist else "",
-            }
-    return {"entry_point": "", "package": "", "version": ""}
+    ep = entry_point(modality)
+    return {
+        "entry_point": ep.value,
+        "package": ep.dist.name if ep.dist else "",
+        "version": ep.dist.version if ep.dist else "",
+    }
 
 
 def export_model(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import torch
 from torch import Tensor
 
 Correction = Literal["none", "typicality", "complexity"]
@@ -48,13 +47,3 @@ def auroc(scores: Tensor, is_anomaly: Tensor) -> float | None:
     # Min-max scaling keeps the ranking (all AUROC sees) and stops torchmetrics applying a sigmoid.
     scaled = (scores - scores.min()) / (scores.max() - scores.min()).clamp(min=1e-12)
     return float(binary_auroc(scaled.double(), is_anomaly.long()))
-
-
-def label_indices(names: list[str], label_names: list[str]) -> Tensor:
-    """``--normal`` labels as indices: by name when the data names its classes, else as numbers."""
-    if label_names:
-        unknown = [n for n in names if n not in label_names]
-        if unknown:
-            raise ValueError(f"--normal {unknown}: no such label; the labels are {label_names}")
-        return torch.tensor([label_names.index(n) for n in names])
-    return torch.tensor([int(n) for n in names])

@@ -63,6 +63,16 @@ def load_hub_dataset(hub_id: str, **kwargs: Any) -> Any:
         ) from err
 
 
+def label_indices(names: list[str | int], label_names: list[str], flag: str) -> list[int]:
+    """Labels given on the command line as indices: by name when the data names its classes, else as numbers."""
+    if not label_names:
+        return [int(n) for n in names]
+    unknown = [str(n) for n in names if str(n) not in label_names]
+    if unknown:
+        raise ValueError(f"no label(s) {unknown} for {flag}; the labels are {label_names}")
+    return [label_names.index(str(n)) for n in names]
+
+
 def _identity(batch: Any) -> Any:
     return batch
 
@@ -168,26 +178,22 @@ class VAEDataModule(pl.LightningDataModule):
         The test split keeps every class, so a model trained on normal classes only can be scored on the
         held-out ones (`vaekit score --normal ...`).
         """
-        keep = [str(v) for v in self.hparams.labels or []]
-        drop = [str(v) for v in self.hparams.exclude_labels or []]
+        keep, drop = self.hparams.labels or [], self.hparams.exclude_labels or []
         if (not keep and not drop) or "train" not in self.splits:  # nothing to filter when only evaluating
             return
         if not self.label_names:
             raise ValueError(f"{self.source}: --data.labels and --data.exclude_labels need labelled data; it has none")
-        unknown = sorted(set(keep + drop) - set(self.label_names))
-        if unknown:
-            raise ValueError(f"{self.source}: no label(s) {unknown}; the labels are {self.label_names}")
-        chosen = torch.tensor(
-            [i for i, name in enumerate(self.label_names) if (not keep or name in keep) and name not in drop]
-        )
+        kept = label_indices(keep, self.label_names, "--data.labels") or range(len(self.label_names))
+        dropped = set(label_indices(drop, self.label_names, "--data.exclude_labels"))
+        chosen = torch.tensor([i for i in kept if i not in dropped])
         for split in ("train", "val"):
             if split in self.splits:
                 rows = torch.isin(self.splits[split]["label"], chosen)
                 self.splits[split] = {k: v[rows] for k, v in self.splits[split].items()}
         if "train" in self.splits and len(self.splits["train"]["label"]) == 0:
             raise ValueError(f"{self.source}: no training examples left with labels {keep or 'all'} minus {drop}")
-        kept = [self.label_names[i] for i in chosen.tolist()]
-        rank_zero_info(f"training and validation on labels {kept}; the test split keeps all of {self.label_names}")
+        names = [self.label_names[i] for i in chosen.tolist()]
+        rank_zero_info(f"training and validation on labels {names}; the test split keeps all of {self.label_names}")
 
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
         if split not in self.splits:

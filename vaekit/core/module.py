@@ -419,12 +419,14 @@ class VAE(pl.LightningModule):
             out["complexity_bits"] = self.complexity_bits(batch).to(terms.rec.device, terms.rec.dtype)
         return out
 
-    def complexity_bits(self, batch: Batch) -> Tensor:
-        """Bits a lossless compressor needs for each input: the "input complexity" of Serrà et al. (2020)
-        that `vaekit score --correction complexity` subtracts. zlib on the raw tensor here; plugins with a
+    def compressed_sizes(self, batch: Batch) -> list[int]:
+        """Bytes a lossless compressor needs for each input. zlib on the raw tensor here; plugins with a
         compressor made for their data (PNG, FLAC) override it."""
-        sizes = [len(zlib.compress(x.detach().cpu().numpy().tobytes(), 9)) for x in batch["x"]]
-        return 8 * torch.tensor(sizes, dtype=torch.float64)
+        return [len(zlib.compress(x.detach().cpu().numpy().tobytes(), 9)) for x in batch["x"]]
+
+    def complexity_bits(self, batch: Batch) -> Tensor:
+        """The "input complexity" of Serrà et al. (2020) that `vaekit score --correction complexity` subtracts."""
+        return 8 * torch.tensor(self.compressed_sizes(batch), dtype=torch.float64)
 
     # ----------------------------------------------------------------- latent space
     def sample_latents(self, num: int, temperature: float = 1.0) -> Tensor:

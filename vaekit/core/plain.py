@@ -62,5 +62,9 @@ def without_private(args: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
-    """Names of the floating-point tensors holding NaN or infinity."""
-    return [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    """Names of the floating-point tensors holding NaN or infinity (one host sync, not one per tensor)."""
+    names = [k for k, t in state.items() if t.is_floating_point()]
+    if not names:
+        return []
+    finite = torch.stack([torch.isfinite(state[k]).all().to(state[names[0]].device) for k in names]).tolist()
+    return [k for k, ok in zip(names, finite, strict=True) if not ok]

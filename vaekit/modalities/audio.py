@@ -581,7 +581,7 @@ class AudioVAE(VAE):
     def log_likelihood(self, params: Tensor, batch: Batch) -> Tensor:
         return self.likelihood.log_prob(params, batch["mel"])
 
-    def complexity_bits(self, batch: Batch) -> Tensor:
+    def compressed_sizes(self, batch: Batch) -> list[int]:
         """FLAC size of each clip's real (unpadded) samples at 16 bits."""
         sizes = []
         for waveform, length in zip(batch["x"], batch["length"].tolist(), strict=True):
@@ -589,7 +589,7 @@ class AudioVAE(VAE):
             samples = waveform[:length].detach().float().cpu().clamp(-1, 1).numpy()
             sf.write(buffer, samples, self.spec.sample_rate, format="FLAC", subtype="PCM_16")
             sizes.append(len(buffer.getvalue()))
-        return 8 * torch.tensor(sizes, dtype=torch.float64)
+        return sizes
 
     def encoder_example(self) -> Tensor:
         """The encoder reads the normalised log-mel (B, n_mels, frames); waveform features stay outside ONNX."""

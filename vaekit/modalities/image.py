@@ -288,15 +288,14 @@ class ImageVAE(VAE):
     def summary_metrics(self, nll_sum: float, units_sum: float) -> dict[str, float]:
         return {"bits_per_dim": bits_per_dim(nll_sum, units_sum)}
 
-    def complexity_bits(self, batch: Batch) -> Tensor:
+    def compressed_sizes(self, batch: Batch) -> list[int]:
         """PNG size of each image (as Serrà et al. 2020 use it)."""
         sizes = []
         for image in _to_uint8(batch["x"]):
-            array = image.permute(1, 2, 0).numpy()
             buffer = io.BytesIO()
-            Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buffer, format="PNG", optimize=True)
+            _to_pil(image).save(buffer, format="PNG", optimize=True)
             sizes.append(len(buffer.getvalue()))
-        return 8 * torch.tensor(sizes, dtype=torch.float64)
+        return sizes
 
     def encoder_example(self) -> Tensor:
         return torch.zeros(2, self.spec.channels, self.spec.height, self.spec.width, device=self.device)
@@ -335,10 +334,15 @@ def make_grid(images: Tensor, nrow: int, pad: int = 2) -> Tensor:
     return grid
 
 
-def _save_png(image: Tensor, path: Path) -> Path:
+def _to_pil(image: Tensor) -> Image.Image:
+    """A (C, H, W) uint8 image as PIL: grey for one channel, RGB for three."""
     array = image.permute(1, 2, 0).numpy()
+    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+
+
+def _save_png(image: Tensor, path: Path) -> Path:
     with atomic_path(path) as tmp:
-        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(tmp, format="PNG")
+        _to_pil(image).save(tmp, format="PNG")
     return path
 
 

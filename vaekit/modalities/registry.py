@@ -7,7 +7,7 @@ folder names its classes, and they are looked up among what the installed plugin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
 from vaekit.core.data import VAEDataModule
 from vaekit.core.module import VAE, class_name
@@ -52,14 +52,20 @@ def available() -> list[str]:
     return sorted({ep.name for ep in entry_points(group=GROUP)})
 
 
-def get_modality(name: str) -> Modality:
+def entry_point(name: str) -> EntryPoint:
+    """The installed entry point of modality ``name`` (its ``dist`` says which package provides it)."""
     found = [ep for ep in entry_points(group=GROUP) if ep.name == name]
     if not found:
         raise ModalityNotFound(
             f"no installed vaekit modality {name!r} (installed: {', '.join(available()) or 'none'}); "
             f"install the package that provides it (it registers under the entry-point group {GROUP!r})"
         )
-    plugin = found[0].load()
+    return found[0]
+
+
+def get_modality(name: str) -> Modality:
+    found = entry_point(name)
+    plugin = found.load()
     if not isinstance(plugin, Modality) or plugin.name != name:
-        raise TypeError(f"entry point {found[0].value!r} must be a vaekit Modality named {name!r}")
+        raise TypeError(f"entry point {found.value!r} must be a vaekit Modality named {name!r}")
     return plugin

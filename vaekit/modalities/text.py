@@ -620,10 +620,9 @@ class TextVAE(VAE):
     def summary_metrics(self, nll_sum: float, units_sum: float) -> dict[str, float]:
         return {"ppl": math.exp(nll_sum / units_sum)}
 
-    def complexity_bits(self, batch: Batch) -> Tensor:
+    def compressed_sizes(self, batch: Batch) -> list[int]:
         """zlib size of each sentence's text (padding and special tokens left out)."""
-        sizes = [len(zlib.compress(text.encode("utf-8"), 9)) for text in self.as_outputs(batch)]
-        return 8 * torch.tensor(sizes, dtype=torch.float64)
+        return [len(zlib.compress(text.encode("utf-8"), 9)) for text in self.as_outputs(batch)]
 
     def onnx_graphs(self) -> dict[str, OnnxGraph]:
         """The decoder's two parts a decoding loop needs: z -> initial state, and one step (any search runs outside)."""
