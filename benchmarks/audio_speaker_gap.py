@@ -30,12 +30,12 @@ def main() -> None:
     datamodule.setup()
     result = {}
     for split in ("train", "test"):
-        data = datamodule.splits[split]
-        pick = torch.randperm(len(data["x"]), generator=torch.Generator().manual_seed(0))[: args.clips]
+        count = len(datamodule.split(split))
+        pick = torch.randperm(count, generator=torch.Generator().manual_seed(0))[: args.clips]
         sums: dict[str, float] = {}
         with torch.no_grad():
             for chunk in torch.split(pick, args.batch):
-                batch = datamodule.on_after_batch_transfer({k: v[chunk] for k, v in data.items()}, 0)
+                batch = datamodule.on_after_batch_transfer(datamodule.examples(split, chunk.tolist()), 0)
                 for key, value in model.evaluation_extras(batch, model.elbo_terms(batch)).items():
                     sums[key] = sums.get(key, 0.0) + float(value.sum())
         result[split] = {key: total / len(pick) for key, total in sums.items()}

@@ -58,8 +58,7 @@ def main() -> None:
         model.hparams.iw_max_rows = args.max_rows
     datamodule = load_datamodule(model, record, args.data_root)
     datamodule.setup("test")
-    test = {k: v[: args.examples] for k, v in datamodule.splits["test"].items()}
-    batch = datamodule.on_after_batch_transfer(test, 0)
+    batch = datamodule.on_after_batch_transfer(datamodule.examples("test", range(args.examples)), 0)
     with torch.no_grad():
         torch.manual_seed(0)
         loop, loop_s, loop_cpu = _timed(per_example_nll, model, batch, args.iw_samples)

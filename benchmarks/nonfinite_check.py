@@ -39,7 +39,7 @@ def sync_free(device: str) -> bool | None:
     if device != "cuda":
         return None  # host syncs are a GPU matter
     model, data = build(device)
-    batch = data.on_after_batch_transfer({k: v[:128].to(device) for k, v in data.splits["train"].items()}, 0)
+    batch = data.on_after_batch_transfer({k: v.to(device) for k, v in data.examples("train", range(128)).items()}, 0)
     terms = model.elbo_terms(batch)
     terms.loss.backward()
     model.on_train_start()  # as Lightning calls it before the first step

@@ -38,7 +38,7 @@ def main() -> None:
     datamodule.hparams.eval_batch_size = args.batch_size
     datamodule.setup("test")
     if args.limit:
-        datamodule.splits[args.split] = {k: v[: args.limit] for k, v in datamodule.splits[args.split].items()}
+        datamodule.splits[args.split] = datamodule.split(args.split).select(range(args.limit))
     datamodule.eval_split = args.split
     model.eval_iw_samples = args.iw_samples
     trainer = pl.Trainer(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 from vaekit.cli import main
 
 TESTS = Path(__file__).parent
+# Decoded-data caches of this run (and of the subprocesses it starts) stay out of the user's cache folder.
+os.environ.setdefault("VAEKIT_CACHE", tempfile.mkdtemp(prefix="vaekit-test-cache-"))
 
 
 def vaekit(*args: str) -> None:

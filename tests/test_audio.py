@@ -225,7 +225,7 @@ def test_labels_from_folders_and_split_folders_are_kept(tmp_path: Path) -> None:
     datamodule.setup()
     assert datamodule.label_names == ["cat", "dog"]
     assert datamodule.splits["test"]["label"].tolist() == [0, 1]
-    assert len(datamodule.splits["train"]["x"]) + len(datamodule.splits["val"]["x"]) == 10
+    assert len(datamodule.splits["train"]) + len(datamodule.splits["val"]) == 10
 
 
 def test_hub_dataset_is_decoded_by_vaekit_with_its_labels_and_speakers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -253,4 +253,4 @@ def test_hub_dataset_is_decoded_by_vaekit_with_its_labels_and_speakers(monkeypat
     datamodule.setup()
     assert datamodule.label_names == list("0123456789")
     assert sorted(datamodule.splits["test"]["label"].tolist()) == list(range(10))
-    assert len(datamodule.splits["val"]["x"]) == 10 and len(datamodule.splits["train"]["x"]) == 40
+    assert len(datamodule.splits["val"]) == 10 and len(datamodule.splits["train"]) == 40

@@ -124,8 +124,13 @@ def test_make_grid_layout():
 def test_dynamic_binarisation_is_fresh_for_training_and_fixed_for_eval(tmp_path):
     datamodule = ImageDataModule(root="demo:image", batch_size=16)
     datamodule.setup("fit")
-    test_x = datamodule.splits["test"]["x"]
-    assert set(test_x.unique().tolist()) == {0, 255}, "eval splits are binarised once"
+    size = len(datamodule.splits["test"])
+    test_x = datamodule.examples("test", range(size))["x"]
+    assert set(test_x.unique().tolist()) == {0, 255}, "eval splits are binarised"
+    alone = torch.cat([datamodule.examples("test", [i])["x"] for i in (5, 0, 3)])
+    assert torch.equal(alone, test_x[[5, 0, 3]]), "each image's draw is fixed, whatever its batch"
+    grey_test = datamodule.splits["test"]["x"]
+    assert (test_x.float().mean() - grey_test.float().mean()).abs() < 5, "a draw of p = grey / 255 keeps the mean"
     grey = {"x": datamodule.splits["train"]["x"][:16]}
     assert len(grey["x"].unique()) > 2, "training images stay grey until batch time"
 

@@ -47,6 +47,7 @@ def _one_thread():
 @pytest.fixture(autouse=True)
 def _datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("VAEKIT_CACHE", str(tmp_path / "vaekit-cache"))
 
 
 def write_corpus(folder: Path, train: list[str] | bytes = CORPUS, **others: list[str] | bytes) -> Path:
@@ -279,12 +280,12 @@ def test_corpus_with_its_own_unk_token_sizes_the_vocabulary_by_the_largest_id(tm
     lines = [*CORPUS, "the <unk> sat on a <unk> .", "zebra yak quokka ."]
     dm = TextDataModule(str(write_corpus(tmp_path / "corpus", lines)), max_length=12, val_fraction=0.05)
     dm.setup()
-    largest = max(int(split["x"].max()) for split in dm.splits.values())
+    largest = max(int(split["ids"].max()) for split in dm.splits.values())
     assert dm.spec.vocab_size == max(dm.tokenizer.get_vocab().values()) + 1 > largest
     model = TextVAE(latent_dim=4, embed_dim=8, hidden_dim=16)
     model.attach_spec(dm.spec)
-    for split in dm.splits.values():
-        assert torch.isfinite(model.elbo_terms(split).loss)
+    for name, split in dm.splits.items():
+        assert torch.isfinite(model.elbo_terms(dm.examples(name, range(len(split)))).loss)
 
 
 def test_splits_are_cached_and_batches_bucketed(tmp_path: Path) -> None:
@@ -292,17 +293,17 @@ def test_splits_are_cached_and_batches_bucketed(tmp_path: Path) -> None:
     root = write_corpus(tmp_path / "corpus", lines, valid=lines[:20], test=lines[:20])
     dm = TextDataModule(str(root), batch_size=10, max_length=50, bucket_pool=5)
     dm.setup()
-    cache = Path(datasets.config.HF_DATASETS_CACHE) / "vaekit_text"
-    cached = sorted(cache.glob("*.arrow"))
-    assert len(cached) == 3
+    cache = tmp_path / "vaekit-cache" / "TextDataModule"
+    cached = sorted(cache.iterdir())
+    assert [p.name.split("-")[0] for p in cached] == ["test", "train", "val"]
     again = TextDataModule(str(root), batch_size=10, max_length=50)
     again.setup()
-    assert sorted(cache.glob("*.arrow")) == cached and torch.equal(again.splits["train"]["x"], dm.splits["train"]["x"])
+    assert sorted(cache.iterdir()) == cached and torch.equal(again.splits["train"]["ids"], dm.splits["train"]["ids"])
     loader = dm.loader("train", shuffle=True)
     batches = list(loader)
     assert len(batches) == len(loader)
     seen = torch.cat([b["lengths"] for b in batches])
-    assert sorted(seen.tolist()) == sorted(dm.splits["train"]["lengths"].tolist())
+    assert sorted(seen.tolist()) == sorted((dm.splits["train"]["length"] + 2).tolist())  # BOS and EOS added
     spread = torch.tensor([float(b["lengths"].max() - b["lengths"].min()) for b in batches])
     assert spread.mean() < 10  # unsorted batches of lengths 3..42 would spread ~30
     assert all(b["x"].shape[1] == int(b["lengths"].max()) for b in batches)  # padding trimmed per batch
@@ -327,8 +328,8 @@ def test_bucketed_loader_is_rebuilt_around_a_distributed_sampler(tmp_path: Path)
         rebuilt = _update_dataloader(loader, sampler)
         assert isinstance(rebuilt.batch_sampler, BucketBatchSampler) and rebuilt.batch_sampler.sampler is sampler
         shards.append(torch.cat([b["lengths"] for b in rebuilt]))
-    assert len(shards[0]) == len(shards[1]) == len(dm.splits["train"]["x"]) // 2
-    assert sorted(torch.cat(shards).tolist()) == sorted(dm.splits["train"]["lengths"].tolist())
+    assert len(shards[0]) == len(shards[1]) == len(dm.splits["train"]) // 2
+    assert sorted(torch.cat(shards).tolist()) == sorted((dm.splits["train"]["length"] + 2).tolist())
 
 
 def test_blank_and_overlong_lines_are_counted(tmp_path: Path) -> None:
@@ -338,12 +339,13 @@ def test_blank_and_overlong_lines_are_counted(tmp_path: Path) -> None:
         dm = TextDataModule(str(root), max_length=8, val_fraction=0.2, test_fraction=0.2)
         dm.setup()
     assert (dm.report.blank, dm.report.truncated) == (3, 1)
-    assert max(int(split["lengths"].max()) for split in dm.splits.values()) == 10  # 8 tokens + BOS + EOS
-    assert sum(len(s["x"]) for s in dm.splits.values()) == len(CORPUS) + 3
+    batches = [dm.examples(name, range(len(split))) for name, split in dm.splits.items()]
+    assert max(int(batch["lengths"].max()) for batch in batches) == 10  # 8 tokens + BOS + EOS
+    assert sum(len(s) for s in dm.splits.values()) == len(CORPUS) + 3
     dropping = TextDataModule(str(root), max_length=8, overlong="drop")
     with pytest.warns(UserWarning, match="1 sentence.*dropped"):
         dropping.setup()
-    assert sum(len(s["x"]) for s in dropping.splits.values()) == len(CORPUS) + 2
+    assert sum(len(s) for s in dropping.splits.values()) == len(CORPUS) + 2
 
 
 def test_non_utf8_line_is_named_or_skipped(tmp_path: Path) -> None:
@@ -366,7 +368,7 @@ def test_empty_files(tmp_path: Path) -> None:
         TextDataModule(str(root)).setup()
     dm = TextDataModule(str(root), skip_bad_files=True, val_fraction=0.5)
     dm.setup()  # the empty valid.txt is skipped, counted; validation is split off the training data
-    assert len(dm.skipped) == 1 and len(dm.splits["val"]["x"]) == len(CORPUS) // 2
+    assert len(dm.skipped) == 1 and len(dm.splits["val"]) == len(CORPUS) // 2
     with pytest.raises(FileNotFoundError, match="does not exist"):
         TextDataModule(str(tmp_path / "missing"))
 
@@ -384,7 +386,7 @@ def test_hub_dataset_path_with_its_text_column(monkeypatch: pytest.MonkeyPatch) 
     with pytest.warns(UserWarning, match="3 blank line"):
         dm.setup()
     assert asked == ["someone/ptb_like"]
-    assert {k: len(v["x"]) for k, v in dm.splits.items()} == {"train": 24, "val": 6, "test": 6}
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 24, "val": 6, "test": 6}
 
 
 def test_inputs_are_sentences_or_files(tmp_path: Path) -> None:

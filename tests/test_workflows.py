@@ -237,7 +237,7 @@ def test_evaluate_batches_follow_the_iw_chunk_so_the_bar_moves(image_ckpt):
     Session(model, record, args, {}, Path("unused"), datamodule).evaluation_trainer(datamodule, "test")
     datamodule.setup("test")
     assert datamodule.hparams.eval_batch_size == model.hparams.iw_max_rows // 100
-    size = len(datamodule.splits["test"]["x"])
+    size = len(datamodule.splits["test"])
     assert len(datamodule.test_dataloader()) == math.ceil(size / datamodule.hparams.eval_batch_size)
 
 

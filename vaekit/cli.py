@@ -213,13 +213,13 @@ class Session:
         datamodule.setup("test")
         if split not in datamodule.splits:
             raise ValueError(f"the data has no {split!r} split")
-        size = len(next(iter(datamodule.splits[split].values())))
+        size = len(datamodule.split(split))
         if max(indices) >= size:
             raise ValueError(
                 f"asked for {max(indices) + 1} examples but the {split} split has {size}; pass --num {size} or "
                 "less, or give your own files with --input"
             )
-        return self.prepare({k: v[list(indices)] for k, v in datamodule.splits[split].items()})
+        return self.prepare(datamodule.examples(split, indices))
 
     def inputs(self, items: list[str]) -> Batch:
         return self.prepare(self.datamodule.load_inputs(items))

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vaekit.core.data import VAEDataModule, split_off
+from vaekit.core.data import VAEDataModule
 from vaekit.core.io import atomic_path
 from vaekit.core.likelihoods import Gaussian
 from vaekit.core.module import VAE
+from vaekit.core.storage import Rows, Split, file_stats, fingerprint
 from vaekit.modalities.registry import Modality
 
 
@@ -22,24 +25,30 @@ class VectorSpec:
     features: int
 
 
-def read_rows(path: Path) -> Tensor:
+def read_rows(path: Path) -> Iterator[list[str]]:
     with open(path, newline="") as handle:
-        return torch.tensor([[float(v) for v in row] for row in csv.reader(handle) if row])
+        yield from (row for row in csv.reader(handle) if row)
+
+
+def as_example(row: list[str]) -> list[dict[str, np.ndarray]]:
+    return [{"x": np.array([float(v) for v in row], dtype=np.float32)}]
 
 
 class VectorData(VAEDataModule):
-    """``root`` holds train.csv and test.csv, one example per row."""
+    """``root`` holds train.csv and test.csv, one example per row; the base splits validation off train."""
 
-    def load_splits(self) -> dict[str, dict[str, Tensor]]:
-        splits = {name: {"x": read_rows(self.source.local / f"{name}.csv")} for name in ("train", "test")}
-        splits["train"], splits["val"] = split_off(splits["train"], self.hparams.val_fraction, self.hparams.seed)
-        return splits
+    def load_splits(self) -> dict[str, Rows]:
+        paths = {name: self.source.local / f"{name}.csv" for name in ("train", "test")}
+        return {
+            name: Rows(read_rows(path), as_example, fingerprint(file_stats([path]))) for name, path in paths.items()
+        }
 
-    def make_spec(self, train: dict[str, Tensor]) -> VectorSpec:
-        return VectorSpec(features=train["x"].shape[1])
+    def make_spec(self, train: Split) -> VectorSpec:
+        return VectorSpec(features=train.take([0])["x"].shape[1])
 
     def load_inputs(self, items: list[str]) -> dict[str, Tensor]:
-        return {"x": torch.cat([read_rows(Path(item)) for item in items])}
+        rows = [example["x"] for item in items for row in read_rows(Path(item)) for example in as_example(row)]
+        return {"x": torch.from_numpy(np.stack(rows))}
 
 
 class VectorVAE(VAE):

@@ -1,18 +1,26 @@
-"""Shared data plumbing: where data comes from, in-memory tensor batches, the base data module."""
+"""Shared data plumbing: where data comes from, and the base data module (splits in memory or on disk)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.resources
+import json
+import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
+
+from vaekit.core.storage import ArrowSplit, Rows, Split, TensorSplit, write_cache
 
 DEMO_PREFIX = "demo:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -73,49 +81,40 @@ def label_indices(names: list[str | int], label_names: list[str], flag: str) -> 
     return [label_names.index(str(n)) for n in names]
 
 
-def _identity(batch: Any) -> Any:
-    return batch
-
-
-class TensorDictDataset(torch.utils.data.Dataset):
-    """Examples held as tensors; a whole batch is gathered with one index op (``__getitems__``)."""
-
-    def __init__(self, tensors: dict[str, Tensor]) -> None:
-        sizes = {k: len(v) for k, v in tensors.items()}
-        if len(set(sizes.values())) != 1:
-            raise ValueError(f"tensor columns differ in length: {sizes}")
-        self.tensors = tensors
-
-    def __len__(self) -> int:
-        return len(next(iter(self.tensors.values())))
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {k: v[index] for k, v in self.tensors.items()}
-
-    def __getitems__(self, indices: list[int]) -> dict[str, Tensor]:
-        index = torch.as_tensor(indices)
-        return {k: v[index] for k, v in self.tensors.items()}
-
-
-def split_off(tensors: dict[str, Tensor], fraction: float, seed: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Split a random ``fraction`` of the rows off (a held-out validation set), reproducibly."""
-    count = len(next(iter(tensors.values())))
+def split_off(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Split a random ``fraction`` of the rows off (a held-out set), reproducibly."""
+    count = len(split)
     held = max(1, round(count * fraction))
     if held >= count:
-        raise ValueError(f"val_fraction={fraction} leaves no training data out of {count} examples")
+        raise ValueError(f"a fraction of {fraction} leaves no training data out of {count} examples")
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
-    keep, out = order[held:].sort().values, order[:held].sort().values
-    return {k: v[keep] for k, v in tensors.items()}, {k: v[out] for k, v in tensors.items()}
+    return split.select(order[held:].sort().values), split.select(order[:held].sort().values)
+
+
+def cache_root(cache_dir: str | None) -> Path:
+    """``--data.cache_dir``, else ``$VAEKIT_CACHE``, else a ``vaekit`` folder in the ``datasets`` cache."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("VAEKIT_CACHE"):
+        return Path(os.environ["VAEKIT_CACHE"])
+    import datasets
+
+    return Path(datasets.config.HF_DATASETS_CACHE) / "vaekit"
 
 
 class VAEDataModule(pl.LightningDataModule):
-    """Base data module: splits held as tensors, a ``spec`` describing the data for the model.
+    """Base data module: named splits of examples, a ``spec`` describing the data for the model.
 
-    Subclasses implement ``load_splits`` (returning ``train``/``val``/``test`` tensor dicts) and
-    ``make_spec``; ``val_fraction``/``test_fraction`` are what they hold out when the data has no such
-    split of its own. Subclasses take their own arguments and pass the rest on with ``**common``. A model loaded from a checkpoint hands its spec back through ``adopt_spec`` so the
-    data is prepared exactly as in training (same tokenizer, same normalisation).
+    Plugins implement ``load_splits`` (each split as ``Rows`` to decode, or as tensors when the data is
+    already arrays), ``make_spec`` and ``load_inputs``. The base decodes ``Rows`` once into an Arrow cache
+    (``cache_dir``) and then holds the splits in memory, or reads them from the memory-mapped cache per
+    batch: ``in_memory`` true/false, or by size when unset (up to ``IN_MEMORY_BYTES``). It splits off
+    ``test``/``val`` (``test_fraction``/``val_fraction``) where the data has no such split, keeps the first
+    ``limit`` examples of each split, and filters labels. A model loaded from a checkpoint hands its spec
+    back through ``adopt_spec`` so the data is prepared exactly as in training.
     """
+
+    IN_MEMORY_BYTES = 2**30
 
     def __init__(
         self,
@@ -129,6 +128,9 @@ class VAEDataModule(pl.LightningDataModule):
         test_fraction: float = 0.1,
         labels: list[str | int] | None = None,
         exclude_labels: list[str | int] | None = None,
+        limit: int | None = None,
+        in_memory: bool | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -137,20 +139,24 @@ class VAEDataModule(pl.LightningDataModule):
         if self.source.local is not None:  # saved absolute, so a checkpoint works from any directory
             self.hparams.root = str(self.source.local)
         self.spec: Any = None
-        self.splits: dict[str, dict[str, Tensor]] = {}
+        self.splits: dict[str, Split] = {}
         self.eval_split = "test"
         self.skipped: list[str] = []
 
     # ---------------------------------------------------------------- plugin hooks
-    def load_splits(self) -> dict[str, dict[str, Tensor]]:
+    def load_splits(self) -> dict[str, Rows | dict[str, Tensor]]:
         raise NotImplementedError
 
-    def make_spec(self, train: dict[str, Tensor]) -> Any:
+    def make_spec(self, train: Split) -> Any:
         raise NotImplementedError
 
     def load_inputs(self, items: list[str]) -> dict[str, Tensor]:
         """Turn user-given inputs (file paths, sentences) into a batch, as the splits are prepared."""
         raise NotImplementedError
+
+    def collate(self, batch: dict[str, Tensor], split: str) -> dict[str, Tensor]:
+        """A batch as read from ``split``, before it goes to the device (runs in the loader's workers)."""
+        return batch
 
     # ---------------------------------------------------------------- shared
     def adopt_spec(self, spec: Any) -> None:
@@ -162,15 +168,59 @@ class VAEDataModule(pl.LightningDataModule):
             raise ValueError(f"{message} (or set --data.skip_bad_files true to skip such files)")
         self.skipped.append(message)
 
+    def prepare_data(self) -> None:
+        """Decode into the cache once per node (Lightning calls this on one process per node, before setup)."""
+        self.setup("fit")
+
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        self.splits = self.load_splits()
+        splits = {name: self.store(name, value) for name, value in self.load_splits().items()}
         if self.skipped:
             rank_zero_warn(f"skipped {len(self.skipped)} bad file(s); first: {self.skipped[0]}")
+        if "train" in splits:  # a checkpoint command may read data that holds only the split it needs
+            if "test" not in splits:
+                splits["train"], splits["test"] = split_off(
+                    splits["train"], self.hparams.test_fraction, self.hparams.seed + 1
+                )
+            if "val" not in splits:
+                splits["train"], splits["val"] = split_off(
+                    splits["train"], self.hparams.val_fraction, self.hparams.seed
+                )
+        if self.hparams.limit:
+            splits = {name: split.select(range(min(self.hparams.limit, len(split)))) for name, split in splits.items()}
+        self.splits = self.place(splits)
         self.filter_labels()
         if self.spec is None:
             self.spec = self.make_spec(self.splits["train"])
+
+    def store(self, name: str, value: Rows | dict[str, Tensor]) -> Split:
+        """A plugin's split as a ``Split``: tensors as they are; ``Rows`` decoded into (or found in) the cache."""
+        if not isinstance(value, Rows):
+            return TensorSplit(value)
+        folder = cache_root(self.hparams.cache_dir) / type(self).__name__ / f"{name}-{value.fingerprint}"
+        if (folder / "manifest.json").exists():
+            self.skipped += json.loads((folder / "manifest.json").read_text())["skipped"]
+        else:
+            with contextlib.suppress(FileExistsError):  # another process (a rank on this node) finished it first
+                write_cache(folder, value, f"decoding {self.source} {name}", self.skipped)
+        return ArrowSplit(folder)
+
+    def place(self, splits: dict[str, Split]) -> dict[str, Split]:
+        """Hold the splits in memory or leave them on disk (``in_memory``, else by size), and say which."""
+        on_disk = [s for s in splits.values() if isinstance(s, ArrowSplit)]
+        if not on_disk:
+            return splits
+        size = sum(s.nbytes for s in on_disk)
+        where = f"decoded data ({size / 2**20:.0f} MB) in {on_disk[0].folder.parent}"
+        in_memory = self.hparams.in_memory
+        if in_memory is None:
+            in_memory = size <= self.IN_MEMORY_BYTES
+        if in_memory:
+            rank_zero_info(f"{where}: held in memory (--data.in_memory false reads it from disk per batch)")
+            return {name: s.load() if isinstance(s, ArrowSplit) else s for name, s in splits.items()}
+        rank_zero_info(f"{where}: read from disk per batch (--data.in_memory true loads it into memory)")
+        return splits
 
     def filter_labels(self) -> None:
         """Keep (``labels``) or drop (``exclude_labels``) classes in the training and validation splits.
@@ -189,22 +239,31 @@ class VAEDataModule(pl.LightningDataModule):
         for split in ("train", "val"):
             if split in self.splits:
                 rows = torch.isin(self.splits[split]["label"], chosen)
-                self.splits[split] = {k: v[rows] for k, v in self.splits[split].items()}
-        if "train" in self.splits and len(self.splits["train"]["label"]) == 0:
+                self.splits[split] = self.splits[split].select(rows.nonzero().squeeze(1))
+        if "train" in self.splits and len(self.splits["train"]) == 0:
             raise ValueError(f"{self.source}: no training examples left with labels {keep or 'all'} minus {drop}")
         names = [self.label_names[i] for i in chosen.tolist()]
         rank_zero_info(f"training and validation on labels {names}; the test split keeps all of {self.label_names}")
 
+    def split(self, name: str) -> Split:
+        if name not in self.splits:
+            raise ValueError(f"no {name!r} split in {self.source}; available: {sorted(self.splits)}")
+        return self.splits[name]
+
+    def examples(self, name: str, indices: Sequence[int]) -> dict[str, Tensor]:
+        """Examples of a split by index, as a loader would batch them (before the device transform)."""
+        return self.collate(self.split(name).take(list(indices)), name)
+
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        if split not in self.splits:
-            raise ValueError(f"no {split!r} split in {self.source}; available: {sorted(self.splits)}")
         batch_size = self.hparams.batch_size if shuffle else (self.hparams.eval_batch_size or self.hparams.batch_size)
         return DataLoader(
-            TensorDictDataset(self.splits[split]),
+            self.split(split),
             batch_size=batch_size,
             shuffle=shuffle,
-            collate_fn=_identity,
+            collate_fn=functools.partial(self.collate, split=split),
             num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+            pin_memory=self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator),
             drop_last=False,
         )
 

@@ -31,6 +31,7 @@ from vaekit.core.io import atomic_path
 from vaekit.core.likelihoods import Gaussian, Laplace
 from vaekit.core.module import VAE, Batch, ELBOTerms
 from vaekit.core.networks import ConvDecoder, ConvEncoder
+from vaekit.core.storage import Rows, Split, file_stats, fingerprint, split_batches
 from vaekit.modalities.registry import Modality
 
 # Formats libsndfile reads (MP3 and Opus with libsndfile >= 1.1); others are not audio to us.
@@ -366,28 +367,19 @@ class AudioDataModule(VAEDataModule):
             pieces.append((np.pad(piece, (0, size - len(piece))), len(piece)))
         return pieces
 
-    def _tensors(self, clips: list[Clip]) -> dict[str, Tensor]:
-        waves, lengths, labels = [], [], []
-        for clip in clips:
-            data = self.decode(clip)
-            if data is None:
-                continue
-            label = self.label_names.index(clip.label) if clip.label in self.label_names else -1
-            for piece, length in self.windows(data):
-                waves.append(piece)
-                lengths.append(length)
-                labels.append(label)
-        if not waves:
-            return {
-                "x": torch.zeros(0, self.num_samples),
-                "length": torch.zeros(0, dtype=torch.long),
-                "label": torch.zeros(0, dtype=torch.long),
-            }
-        return {
-            "x": torch.from_numpy(np.stack(waves)),
-            "length": torch.tensor(lengths, dtype=torch.long),
-            "label": torch.tensor(labels, dtype=torch.long),
-        }
+    def clip_examples(self, clip: Clip) -> list[dict[str, Any]]:
+        """A file's training examples: its window(s), with real lengths and the label index."""
+        data = self.decode(clip)
+        if data is None:
+            return []
+        label = self.label_names.index(clip.label) if clip.label in self.label_names else -1
+        return [{"x": piece, "length": length, "label": label} for piece, length in self.windows(data)]
+
+    def rows(self, clips: list[Clip]) -> Rows:
+        hp = self.hparams
+        options = (hp.sample_rate, self.num_samples, hp.long_files, hp.resample, hp.downmix, self.label_names)
+        files = [(c.where, len(c.source)) if isinstance(c.source, bytes) else file_stats([c.source])[0] for c in clips]
+        return Rows(clips, self.clip_examples, fingerprint(files, options), count=len(clips))
 
     # ---------------------------------------------------------------- splits
     def _assign_splits(self, clips: list[Clip]) -> dict[str, list[Clip]]:
@@ -446,16 +438,13 @@ class AudioDataModule(VAEDataModule):
             raise ValueError("--data.val_speakers and --data.test_speakers share a speaker; hold out different ones")
         return chosen
 
-    def load_splits(self) -> dict[str, dict[str, Tensor]]:
+    def load_splits(self) -> dict[str, Rows]:
         clips = self._list_clips()
         labels = {c.label for c in clips if c.label is not None}
         self.label_names = self.spec.label_names if self.spec is not None else sorted(labels, key=_natural_key)
-        splits = {name: self._tensors(group) for name, group in self._assign_splits(clips).items()}
-        if len(splits["train"]["x"]) == 0:
-            raise ValueError(f"{self.source}: no readable recordings in the training split")
-        return splits
+        return {name: self.rows(group) for name, group in self._assign_splits(clips).items()}
 
-    def make_spec(self, train: dict[str, Tensor]) -> AudioSpec:
+    def make_spec(self, train: Split) -> AudioSpec:
         """Sizes from the config; per-mel-bin mean and std of the training log-mel, for normalisation."""
         hp = self.hparams
         n_mels = hp.n_mels
@@ -477,8 +466,8 @@ class AudioDataModule(VAEDataModule):
         squares = torch.zeros(n_mels, dtype=torch.float64)
         count = 0
         with torch.no_grad():
-            for chunk in torch.split(train["x"], 256):
-                log_mel = features.log_mel(chunk).double()
+            for batch in split_batches(train, 256):
+                log_mel = features.log_mel(batch["x"]).double()
                 total += log_mel.sum((0, 2))
                 squares += log_mel.pow(2).sum((0, 2))
                 count += log_mel.shape[0] * log_mel.shape[2]

@@ -6,6 +6,7 @@ import gzip
 import io
 import math
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,11 +16,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from vaekit.core.data import VAEDataModule, load_hub_dataset, split_off
+from vaekit.core.data import VAEDataModule, load_hub_dataset
 from vaekit.core.io import atomic_path
 from vaekit.core.likelihoods import Bernoulli, Gaussian
 from vaekit.core.module import VAE, Batch, bits_per_dim
 from vaekit.core.networks import ConvDecoder, ConvEncoder
+from vaekit.core.storage import ROW, Rows, Split, file_stats, fingerprint
 from vaekit.modalities.registry import Modality
 
 # --------------------------------------------------------------------------- data
@@ -72,14 +74,47 @@ def is_mnist_folder(folder: Path) -> bool:
     return any((folder / f"{images}{ext}").exists() for images, _ in MNIST_FILES.values() for ext in ("", ".gz"))
 
 
+def _mnist_examples(folder: Path, images: str, labels: str) -> Iterator[dict[str, Any]]:
+    """One split's examples, read from its IDX files only when a cache is being written."""
+    x = read_idx(folder, images, 2051)
+    y = read_idx(folder, labels, 2049)
+    if len(x) != len(y):
+        raise ValueError(f"{folder}: {len(x)} images in {images} but {len(y)} labels in {labels}")
+    for image, label in zip(x, y, strict=True):
+        yield {"x": image[None], "label": int(label)}
+
+
+def _as_list(example: dict[str, Any]) -> list[dict[str, Any]]:
+    return [example]
+
+
+class _FolderDecoder:
+    """Decodes the rows of an image folder or hub split; every image must match the first one's shape."""
+
+    def __init__(self, datamodule: ImageDataModule, split: str, image_column: str, label_column: str | None) -> None:
+        self.datamodule, self.split = datamodule, split
+        self.image_column, self.label_column = image_column, label_column
+        self.shape: tuple[int, ...] | None = None
+
+    def __call__(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        item = row[self.image_column]
+        where = item.get("path") or f"{self.datamodule.source} {self.split} example"
+        array = self.datamodule._decode_one(item, where, expected=self.shape)
+        if array is None:
+            return []
+        self.shape = array.shape
+        label = row[self.label_column] if self.label_column else -1
+        return [{"x": np.ascontiguousarray(array.transpose(2, 0, 1)), "label": int(label)}]
+
+
 class ImageDataModule(VAEDataModule):
     """Images from an MNIST IDX folder, an image folder, or a hub dataset id.
 
     Image folders follow the ``datasets`` imagefolder layout: ``root/{train,test}/<label>/*.png``
     (or ``root/<label>/*.png``, in which case ``test_fraction`` is held out as the test split).
     Every image must have one size, unless ``image_size`` asks for resizing. ``binarize`` turns
-    grey levels into {0,1}: dynamically (a fresh draw every batch) for training, once with a fixed
-    seed for validation and test, as in the IWAE protocol.
+    grey levels into {0,1}: dynamically (a fresh draw every batch) for training, and for validation
+    and test once per image, with a fixed seed (the IWAE protocol), whichever batch it lands in.
     """
 
     def __init__(
@@ -88,51 +123,31 @@ class ImageDataModule(VAEDataModule):
         binarize: bool = True,
         image_size: tuple[int, int] | None = None,
         grayscale: bool | None = None,
-        limit: int | None = None,
         **common: Any,
     ) -> None:
         super().__init__(root, **common)
 
     # ---------------------------------------------------------------- loading
-    def load_splits(self) -> dict[str, dict[str, Tensor]]:
-        hp = self.hparams
+    def load_splits(self) -> dict[str, Rows]:
         if self.source.local is not None and is_mnist_folder(self.source.local):
-            raw = self._load_mnist(self.source.local)
+            splits = self._mnist_rows(self.source.local)
         else:
-            raw = self._load_with_datasets()
-        if "train" not in raw and self.spec is None:
+            splits = self._folder_rows()
+        if "train" not in splits and self.spec is None:
             raise ValueError(f"{self.source}: no training images (a train split, or MNIST train-* files)")
-        if "test" not in raw:
-            raw["train"], raw["test"] = split_off(raw["train"], hp.test_fraction, hp.seed + 1)
-        if hp.limit:
-            raw = {name: {k: v[: hp.limit] for k, v in split.items()} for name, split in raw.items()}
-        if "train" in raw:  # a checkpoint command may read a folder that holds only test images
-            raw["train"], raw["val"] = split_off(raw["train"], hp.val_fraction, hp.seed)
-        if hp.binarize:
-            generator = torch.Generator().manual_seed(hp.seed)
-            for name in ("val", "test") if "val" in raw else ("test",):
-                raw[name]["x"] = (
-                    torch.bernoulli(raw[name]["x"].float() / 255, generator=generator).to(torch.uint8) * 255
-                )
-        return raw
-
-    def _load_mnist(self, folder: Path) -> dict[str, dict[str, Tensor]]:
-        splits = {}
-        for split, (images, labels) in MNIST_FILES.items():
-            if not any((folder / f"{images}{e}").exists() for e in ("", ".gz")):
-                continue
-            x = read_idx(folder, images, 2051)
-            y = read_idx(folder, labels, 2049)
-            if len(x) != len(y):
-                raise ValueError(f"{folder}: {len(x)} {split} images but {len(y)} labels")
-            splits[split] = {
-                "x": torch.from_numpy(x.copy()).unsqueeze(1),
-                "label": torch.from_numpy(y.astype(np.int64)),
-            }
-        self.label_names = [str(d) for d in range(10)]
         return splits
 
-    def _load_with_datasets(self) -> dict[str, dict[str, Tensor]]:
+    def _mnist_rows(self, folder: Path) -> dict[str, Rows]:
+        self.label_names = [str(d) for d in range(10)]
+        splits = {}
+        for split, stems in MNIST_FILES.items():
+            paths = [p for stem in stems for p in (folder / stem, folder / f"{stem}.gz") if p.exists()]
+            if paths:
+                examples = _mnist_examples(folder, *stems)
+                splits[split] = Rows(examples, _as_list, fingerprint("mnist", file_stats(paths)), count=None)
+        return splits
+
+    def _folder_rows(self) -> dict[str, Rows]:
         import datasets
 
         if self.source.local is not None:
@@ -153,27 +168,14 @@ class ImageDataModule(VAEDataModule):
         if label_column is not None and hasattr(features[label_column], "names"):
             self.label_names = list(features[label_column].names)
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+        options = (self.hparams.grayscale, self.hparams.image_size, image_column, label_column)
         splits = {}
         for name in ("train", "test"):
             if name in dataset:
                 rows = dataset[name]
-                labels = rows[label_column] if label_column else None
-                splits[name] = self._decode_images(rows[image_column], labels)
+                decode = _FolderDecoder(self, name, image_column, label_column)
+                splits[name] = Rows(rows, decode, fingerprint(rows._fingerprint, *options), count=len(rows))
         return splits
-
-    def _decode_images(self, images: list[dict[str, Any]], labels: list[int] | None) -> dict[str, Tensor]:
-        decoded, kept = [], []
-        for i, item in enumerate(images):
-            where = item.get("path") or f"{self.source} example {i}"
-            array = self._decode_one(item, where, expected=decoded[0].shape if decoded else None)
-            if array is not None:
-                decoded.append(array)
-                kept.append(i)
-        if not decoded:
-            raise ValueError(f"{self.source}: no readable images")
-        x = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).contiguous()
-        label = torch.tensor([labels[i] for i in kept]) if labels is not None else torch.full((len(kept),), -1)
-        return {"x": x, "label": label.long()}
 
     def _decode_one(self, item: dict[str, Any], where: str, expected: tuple[int, ...] | None) -> np.ndarray | None:
         try:
@@ -204,8 +206,8 @@ class ImageDataModule(VAEDataModule):
             image = image.resize((width, height), Image.Resampling.BILINEAR)
         return image
 
-    def make_spec(self, train: dict[str, Tensor]) -> ImageSpec:
-        _, channels, height, width = train["x"].shape
+    def make_spec(self, train: Split) -> ImageSpec:
+        channels, height, width = train.take([0])["x"].shape[1:]
         return ImageSpec(channels, height, width, bool(self.hparams.binarize), self.label_names)
 
     def load_inputs(self, items: list[str]) -> dict[str, Tensor]:
@@ -225,6 +227,14 @@ class ImageDataModule(VAEDataModule):
         if self.hparams.binarize:
             x = (x > 127).to(torch.uint8) * 255
         return {"x": x, "label": torch.full((len(items),), -1)}
+
+    def collate(self, batch: Batch, split: str) -> Batch:
+        """Validation and test images binarised once: each image's draw is seeded by its row, not its batch."""
+        if not self.hparams.binarize or split == "train":
+            return batch
+        shape = batch["x"].shape[1:]
+        noise = np.stack([np.random.default_rng([self.hparams.seed, row]).random(shape) for row in batch[ROW].tolist()])
+        return {**batch, "x": (torch.from_numpy(noise) * 255 < batch["x"]).to(torch.uint8) * 255}
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         """uint8 -> [0, 1] on the device; a fresh binarisation of training batches (dynamic binarisation)."""

@@ -8,24 +8,28 @@ pre-training phase (Li et al. 2019) keep the latent in use.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
 
-from vaekit.core.data import TensorDictDataset, VAEDataModule, load_hub_dataset, split_off
+from vaekit.core.data import VAEDataModule, load_hub_dataset
 from vaekit.core.io import write_text
 from vaekit.core.likelihoods import Categorical
 from vaekit.core.module import VAE, Batch, OnnxGraph
+from vaekit.core.storage import ROW, Rows, Split, file_stats, fingerprint
 from vaekit.modalities.registry import Modality
 
 SPLIT_NAMES = {"train": ("train",), "val": ("valid", "val", "validation", "dev"), "test": ("test",)}
@@ -71,7 +75,7 @@ def tokenizer_from_spec(spec: TextSpec) -> Any:
     )
 
 
-def train_tokenizer(kind: Literal["word", "bpe"], texts: list[str], vocab_size: int, min_frequency: int) -> Any:
+def train_tokenizer(kind: Literal["word", "bpe"], texts: Iterable[str], vocab_size: int, min_frequency: int) -> Any:
     """A tokenizer trained on the training sentences: word-level for pre-tokenised text, byte-level BPE for raw."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -127,27 +131,49 @@ class LoadReport:
     dropped: int = 0
 
 
+def iter_lines(path: Path, datamodule: VAEDataModule, report: LoadReport) -> Iterator[str]:
+    """One sentence per line, read lazily; non-UTF-8 lines are errors naming file and line (or counted skips),
+    blanks are skipped and counted."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                text = line.decode("utf-8").strip()
+            except UnicodeDecodeError as err:
+                report.bad_lines += 1
+                datamodule.skip_or_raise(
+                    f"{path}, line {number}: not valid UTF-8 (byte 0x{line[err.start]:02x} at column {err.start + 1}); "
+                    "re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8"
+                )
+                continue
+            if text:
+                yield text
+            else:
+                report.blank += 1
+
+
+def has_sentence(path: Path) -> bool:
+    """Whether the file holds a non-blank line (reads only up to the first one)."""
+    with open(path, "rb") as handle:
+        return any(line.strip() for line in handle)
+
+
 def read_lines(path: Path, datamodule: VAEDataModule, report: LoadReport) -> list[str]:
-    """One sentence per line; non-UTF-8 lines are errors naming file and line (or counted skips), blanks skipped."""
-    raw = path.read_bytes()
-    lines = []
-    for number, line in enumerate(raw.splitlines(), start=1):
-        try:
-            text = line.decode("utf-8").strip()
-        except UnicodeDecodeError as err:
-            report.bad_lines += 1
-            datamodule.skip_or_raise(
-                f"{path}, line {number}: not valid UTF-8 (byte 0x{line[err.start]:02x} at column {err.start + 1}); "
-                "re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8"
-            )
-            continue
-        if text:
-            lines.append(text)
-        else:
-            report.blank += 1
+    """All sentences of a (small) file, e.g. ``--input``; an empty file is an error naming it."""
+    lines = list(iter_lines(path, datamodule, report))
     if not lines:
         datamodule.skip_or_raise(f"{path}: the file is empty (no non-blank lines); put one sentence per line in it")
     return lines
+
+
+def chunks(lines: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def find_split_file(folder: Path, split: str) -> Path | None:
@@ -159,12 +185,6 @@ def find_split_file(folder: Path, split: str) -> Path | None:
     if len(found) > 1:
         raise ValueError(f"{folder}: several {split} files ({', '.join(p.name for p in found)}); keep one")
     return found[0] if found else None
-
-
-def _trim(batch: Batch) -> Batch:
-    """Collate: cut the padding columns no sentence of this batch needs."""
-    width = int(batch["lengths"].max())
-    return {k: v[:, :width] if v.dim() == 2 else v for k, v in batch.items()}
 
 
 class BucketBatchSampler(BatchSampler):
@@ -223,8 +243,8 @@ class TextDataModule(VAEDataModule):
     (missing ones are split off the training data), or a hub id. ``tokenizer``: ``word`` (word-level,
     for pre-tokenised text such as PTB), ``bpe`` (byte-level BPE, for raw text), or a saved tokenizer
     folder / hub id. ``max_length`` caps tokens per sentence (BOS/EOS not counted); longer ones are
-    truncated or dropped (``overlong``) and counted. Tokenised splits are cached by ``datasets``.
-    ``limit`` keeps the first N sentences of each split (quick experiments).
+    truncated or dropped (``overlong``) and counted. Token ids are cached (the base data module's Arrow
+    cache); BOS, EOS, the length cap and padding are applied per batch.
     Training batches are length-bucketed; evaluation batches are length-sorted; prediction
     (`encode`/`score`) keeps the file order.
     """
@@ -239,7 +259,6 @@ class TextDataModule(VAEDataModule):
         overlong: Literal["truncate", "drop"] = "truncate",
         text_column: str = "text",
         bucket_pool: int = 50,
-        limit: int | None = None,
         **common: Any,
     ) -> None:
         super().__init__(root, **common)
@@ -253,7 +272,7 @@ class TextDataModule(VAEDataModule):
         super().adopt_spec(spec)
         self.tokenizer = tokenizer_from_spec(spec)
 
-    def make_spec(self, train: dict[str, Tensor]) -> TextSpec:
+    def make_spec(self, train: Split) -> TextSpec:
         tok = self.tokenizer
         source = (
             self.hparams.tokenizer
@@ -273,55 +292,83 @@ class TextDataModule(VAEDataModule):
         )
 
     # ---------------------------------------------------------------- loading
-    def load_splits(self) -> dict[str, dict[str, Tensor]]:
-        hp = self.hparams
-        texts = self._read_local(self.source.local) if self.source.local is not None else self._read_hub()
-        if "train" not in texts and self.spec is None:
+    def load_splits(self) -> dict[str, Rows]:
+        sentences = self._local_sentences(self.source.local) if self.source.local is not None else self._hub_sentences()
+        if "train" not in sentences and self.spec is None:
             raise ValueError(
                 f"{self.source}: no training sentences (a train.txt or *.train.txt file, or a train split)"
             )
-        if hp.limit:
-            texts = {name: lines[: hp.limit] for name, lines in texts.items()}
-        if self.tokenizer is None:
-            if hp.tokenizer in ("word", "bpe"):
-                self.tokenizer = train_tokenizer(hp.tokenizer, texts["train"], hp.vocab_size, hp.min_frequency)
-            else:
-                self.tokenizer = load_tokenizer(hp.tokenizer)
-        splits = {name: self._tokenize(lines, name) for name, lines in texts.items()}
-        if "train" not in splits:  # a checkpoint command reading only the split it needs
-            return splits
-        if "test" not in splits:
-            splits["train"], splits["test"] = split_off(splits["train"], hp.test_fraction, hp.seed + 1)
-        if "val" not in splits:
-            splits["train"], splits["val"] = split_off(splits["train"], hp.val_fraction, hp.seed)
-        self._warn_report()
-        return splits
+        hp = self.hparams
+        if self.tokenizer is None and hp.tokenizer in ("word", "bpe"):
+            train_lines = sentences["train"][0](LoadReport())  # counted when the split is decoded, not here
+            self.tokenizer = train_tokenizer(hp.tokenizer, train_lines, hp.vocab_size, hp.min_frequency)
+        elif self.tokenizer is None:
+            self.tokenizer = load_tokenizer(hp.tokenizer)
+        digest = vocab_digest(self.tokenizer)
+        return {
+            name: Rows(chunks(lines(self.report)), self._encode, fingerprint(origin, digest))
+            for name, (lines, origin) in sentences.items()
+        }
 
-    def _read_local(self, folder: Path) -> dict[str, list[str]]:
+    def _encode(self, lines: list[str]) -> list[dict[str, Any]]:
+        """Token ids of a chunk of sentences, without BOS/EOS (those, and the length cap, come per batch)."""
+        ids = self.tokenizer(lines, add_special_tokens=False)["input_ids"]
+        return [{"ids": np.asarray(row, dtype=np.int32), "length": len(row), "label": -1} for row in ids]
+
+    def _local_sentences(self, folder: Path) -> dict[str, tuple[Callable[[LoadReport], Iterator[str]], Any]]:
+        """Per split: a function that reads its sentences afresh (counting into a report), and the file's stats."""
         if folder.is_file():
             raise ValueError(f"{folder}: --data.root must be a folder holding train.txt (and valid.txt, test.txt)")
-        texts = {}
+        sentences = {}
         for split in SPLIT_NAMES:
             path = find_split_file(folder, split)
-            if path is not None:
-                lines = read_lines(path, self, self.report)
-                if lines:
-                    texts[split] = lines
-        return texts
+            if path is None:
+                continue
+            if not has_sentence(path):
+                self.skip_or_raise(f"{path}: the file is empty (no non-blank lines); put one sentence per line in it")
+                continue
+            sentences[split] = (functools.partial(iter_lines, path, self), file_stats([path]))
+        return sentences
 
-    def _read_hub(self) -> dict[str, list[str]]:
+    def _hub_sentences(self) -> dict[str, tuple[Callable[[LoadReport], Iterator[str]], Any]]:
         dataset = load_hub_dataset(self.source.hub_id)
-        texts = {}
+        sentences = {}
         for split, names in SPLIT_NAMES.items():
             name = next((n for n in names if n in dataset), None)
-            if name is None:
-                continue
-            rows = dataset[name]
-            column = self._text_column(rows.features)
-            lines = [str(t).strip() for t in rows[column]]
-            self.report.blank += sum(1 for t in lines if not t)
-            texts[split] = [t for t in lines if t]
-        return texts
+            if name is not None:
+                rows = dataset[name]
+                column = self._text_column(rows.features)
+                sentences[split] = (functools.partial(self._hub_lines, rows, column), rows._fingerprint)
+        return sentences
+
+    @staticmethod
+    def _hub_lines(rows: Any, column: str, report: LoadReport) -> Iterator[str]:
+        for row in rows:
+            text = str(row[column]).strip()
+            if text:
+                yield text
+            else:
+                report.blank += 1
+
+    def store(self, name: str, value: Rows | dict[str, Tensor]) -> Split:
+        """The cached token ids, less the sentences over ``max_length`` when ``overlong`` drops them (counted)."""
+        split = super().store(name, value)
+        over = split["length"] > self.hparams.max_length
+        if self.hparams.overlong == "drop":
+            self.report.dropped += int(over.sum())
+            split = split.select((~over).nonzero().squeeze(1))
+            if len(split) == 0:
+                raise ValueError(
+                    f"{self.source}: every {name} sentence is longer than max_length={self.hparams.max_length}; raise --data.max_length"
+                )
+        else:
+            self.report.truncated += int(over.sum())
+        return split
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            super().setup(stage)
+            self._warn_report()
 
     def _text_column(self, features: Any) -> str:
         if self.hparams.text_column in features:
@@ -334,48 +381,19 @@ class TextDataModule(VAEDataModule):
             )
         return strings[0]
 
-    def _tokenize(self, lines: list[str], split: str) -> dict[str, Tensor]:
-        """Token ids with BOS and EOS, padded, tokenised once by ``datasets.map`` and cached on disk."""
-        import datasets
-
-        key = hashlib.sha256(
-            json.dumps(
-                [lines, self.tokenizer.backend_tokenizer.to_str(), self.hparams.max_length, self.hparams.overlong]
-            ).encode()
-        ).hexdigest()[:24]
-        cache = Path(datasets.config.HF_DATASETS_CACHE) / "vaekit_text" / f"{split}-{key}.arrow"
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tokenizer = self.tokenizer
-        ids = datasets.Dataset.from_dict({"text": lines}).map(
-            lambda rows: {"ids": tokenizer(rows["text"], add_special_tokens=False)["input_ids"]},
-            batched=True,
-            remove_columns=["text"],
-            cache_file_name=str(cache),
-            new_fingerprint=key,
-            desc=f"tokenising {split}",
-        )["ids"]
-        return self.pack(ids)
-
-    def pack(self, token_ids: list[list[int]]) -> dict[str, Tensor]:
-        """BOS + ids + EOS, capped at ``max_length`` tokens, padded into a tensor batch (counts what was cut)."""
-        tok, cap = self.tokenizer, self.hparams.max_length
-        kept = []
-        for ids in token_ids:
-            if len(ids) > cap:
-                if self.hparams.overlong == "drop":
-                    self.report.dropped += 1
-                    continue
-                self.report.truncated += 1
-                ids = ids[:cap]
-            kept.append([tok.bos_token_id, *ids, tok.eos_token_id])
-        if not kept:
-            raise ValueError(f"{self.source}: every sentence is longer than max_length={cap}; raise --data.max_length")
-        lengths = torch.tensor([len(ids) for ids in kept])
-        x = torch.full((len(kept), int(lengths.max())), tok.pad_token_id, dtype=torch.long)
-        for row, ids in enumerate(kept):
-            x[row, : len(ids)] = torch.tensor(ids)
-        mask = torch.arange(x.shape[1]) < lengths[:, None]
-        return {"x": x, "mask": mask, "lengths": lengths, "label": torch.full((len(kept),), -1)}
+    def collate(self, batch: Batch, split: str) -> Batch:
+        """Token ids -> BOS + ids (cut at ``max_length``) + EOS, padded to this batch's longest sentence."""
+        tok = self.tokenizer
+        lengths = batch["length"].clamp(max=self.hparams.max_length)
+        width = int(lengths.max()) if len(lengths) else 0
+        ids = batch["ids"][:, :width].long()
+        inside = torch.arange(width) < lengths[:, None]
+        x = torch.full((len(lengths), width + 2), tok.pad_token_id, dtype=torch.long)
+        x[:, 0] = tok.bos_token_id
+        x[:, 1:-1] = ids.masked_fill(~inside, tok.pad_token_id)
+        x[torch.arange(len(lengths)), lengths + 1] = tok.eos_token_id
+        mask = torch.arange(width + 2) < (lengths + 2)[:, None]
+        return {"x": x, "mask": mask, "lengths": lengths + 2, **{k: v for k, v in batch.items() if k in ("label", ROW)}}
 
     def _warn_report(self) -> None:
         r = self.report
@@ -401,28 +419,33 @@ class TextDataModule(VAEDataModule):
                 raise ValueError("an empty sentence was given; pass a sentence or a file with one per line")
         if not lines:
             raise ValueError(f"no sentences in {', '.join(items)}")
-        return _trim(self.pack(self.tokenizer(lines, add_special_tokens=False)["input_ids"]))
+        examples = self._encode(lines)
+        ids = pad_sequence([torch.from_numpy(e["ids"]) for e in examples], batch_first=True)
+        batch = {
+            "ids": ids,
+            "length": torch.tensor([e["length"] for e in examples]),
+            "label": torch.full((len(lines),), -1),
+        }
+        return self.collate(batch, "inputs")
 
     # ---------------------------------------------------------------- batches
     def loader(self, split: str, shuffle: bool = False, sort_by_length: bool = False) -> DataLoader:
-        if split not in self.splits:
-            raise ValueError(f"no {split!r} split in {self.source}; available: {sorted(self.splits)}")
-        hp = self.hparams
-        dataset = TensorDictDataset(self.splits[split])
-        batch_size = hp.batch_size if shuffle else (hp.eval_batch_size or hp.batch_size)
-        common = {"collate_fn": _trim, "num_workers": hp.num_workers}
         if not (shuffle or sort_by_length):
-            return DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
+            return super().loader(split)
+        hp = self.hparams
+        dataset = self.split(split)
+        batch_size = hp.batch_size if shuffle else (hp.eval_batch_size or hp.batch_size)
         sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
         batches = BucketBatchSampler(
             sampler,
             batch_size,
             drop_last=False,
-            lengths=self.splits[split]["lengths"],
+            lengths=dataset["length"].clamp(max=hp.max_length),
             pool_batches=hp.bucket_pool if shuffle else 0,
             shuffle=shuffle,
         )
-        return DataLoader(dataset, batch_sampler=batches, **common)
+        collate = functools.partial(self.collate, split=split)
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=hp.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self.loader("val", sort_by_length=True)

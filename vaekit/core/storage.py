@@ -1,0 +1,284 @@
+"""Where a split's examples live: tensors in memory, or a memory-mapped Arrow cache read per batch.
+
+A plugin describes a split as ``Rows`` (items such as files or lines, and how to decode one). The examples
+are decoded once into an Arrow file (written by ``datasets``, opened memory-mapped by every process and
+data-loader worker), so the same cache serves a laptop run held in RAM and a cluster run that never loads
+more than a batch. Both kinds of split answer the same calls: ``len``, a whole small column (labels,
+lengths), a batch by indices (``__getitems__``, what ``DataLoader`` calls), ``select`` (sub-splits by index).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from vaekit.core.io import atomic_folder
+
+Example = dict[str, "np.ndarray | int | float"]
+ROW = "row"  # every batch says which rows of its cache it holds (stable example ids)
+_WRITE_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A split not decoded yet: ``decode(item)`` turns one item (a file, a line) into zero or more examples.
+
+    An example is a dict of numpy arrays (one dtype and trailing shape per column; the first dimension may
+    vary, as with sentences, and is zero-padded in batches) and numbers. ``fingerprint`` must change whenever
+    the decoded examples would (file sizes and times, decoding options): it names the cache.
+    """
+
+    items: Iterable[Any]
+    decode: Callable[[Any], Iterable[Example]]
+    fingerprint: str
+    count: int | None = None  # how many items, for the progress bar
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts (options, file stats)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def file_stats(paths: Iterable[str | Path]) -> list[tuple[str, int, int]]:
+    """(path, size, modification time) of each file: what a cache of their decoded contents depends on."""
+    stats = []
+    for path in paths:
+        info = os.stat(path)
+        stats.append((str(path), info.st_size, info.st_mtime_ns))
+    return stats
+
+
+# --------------------------------------------------------------------------- in memory
+
+
+class TensorSplit(torch.utils.data.Dataset):
+    """Examples held as tensors; a batch is gathered with one index op per column."""
+
+    def __init__(self, columns: dict[str, Tensor]) -> None:
+        sizes = {k: len(v) for k, v in columns.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"columns differ in length: {sizes}")
+        count = next(iter(sizes.values()))
+        self.columns = columns if ROW in columns else {**columns, ROW: torch.arange(count)}
+
+    def __len__(self) -> int:
+        return len(self.columns[ROW])
+
+    def __getitem__(self, column: str) -> Tensor:
+        return self.columns[column]
+
+    def take(self, indices: Sequence[int] | Tensor) -> dict[str, Tensor]:
+        """The examples at ``indices`` as one batch."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return {k: v[index] for k, v in self.columns.items()}
+
+    __getitems__ = take  # what DataLoader calls for a whole batch
+
+    def select(self, indices: Sequence[int] | Tensor) -> TensorSplit:
+        return TensorSplit(self.take(indices))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nelement() * v.element_size() for v in self.columns.values())
+
+
+# --------------------------------------------------------------------------- on disk
+
+
+@dataclass(frozen=True)
+class ArrayColumn:
+    """How an array column is stored: raw bytes per row, read back with this dtype and trailing shape."""
+
+    dtype: str
+    shape: tuple[int, ...]  # of one row, without the first dimension when ``ragged``
+    ragged: bool
+
+
+class ArrowSplit(torch.utils.data.Dataset):
+    """Examples in a memory-mapped Arrow cache; a batch reads only its own rows.
+
+    Pickles as its path, so data-loader workers and DDP ranks map the same file (the page cache is shared).
+    Number columns (labels, lengths) are read whole; array columns are gathered per batch from zero-copy
+    views of the Arrow buffers.
+    """
+
+    def __init__(self, folder: Path, rows: np.ndarray | None = None) -> None:
+        import datasets
+
+        self.folder = folder
+        manifest = json.loads((folder / "manifest.json").read_text())
+        self.arrays = {
+            k: ArrayColumn(v["dtype"], tuple(v["shape"]), v["ragged"]) for k, v in manifest["arrays"].items()
+        }
+        self.table = datasets.Dataset.from_file(str(folder / "data.arrow")).data.table
+        self.rows = np.arange(self.table.num_rows) if rows is None else rows
+        self.numbers = {name: self.table.column(name).to_numpy() for name in manifest["numbers"]}
+        self._views: dict[str, tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"folder": self.folder, "rows": self.rows}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["folder"], state["rows"])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _chunk_views(self, name: str) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        """Per Arrow chunk, (offsets, bytes) as numpy views of the mapped file, and where each chunk starts."""
+        if self._views is None:
+            self._views = {}
+        if name not in self._views:
+            chunks = self.table.column(name).chunks
+            starts = np.cumsum([0] + [len(c) for c in chunks])
+            views = []
+            for chunk in chunks:
+                _, offsets, data = chunk.buffers()
+                offsets = np.frombuffer(offsets, dtype=np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
+                views.append((offsets, np.frombuffer(data, dtype=np.uint8)))
+            self._views[name] = (starts, views)
+        return self._views[name]
+
+    def _gather(self, name: str, rows: np.ndarray) -> Tensor:
+        column = self.arrays[name]
+        starts, views = self._chunk_views(name)
+        which = np.searchsorted(starts, rows, side="right") - 1
+        pieces = []
+        for chunk, row in zip(which.tolist(), (rows - starts[which]).tolist(), strict=True):
+            offsets, data = views[chunk]
+            pieces.append(data[offsets[row] : offsets[row + 1]].view(column.dtype).reshape(-1, *column.shape))
+        if not column.ragged:
+            return torch.from_numpy(np.concatenate(pieces).reshape(len(pieces), *column.shape))
+        batch = np.zeros((len(pieces), max(len(p) for p in pieces), *column.shape), dtype=column.dtype)
+        for i, piece in enumerate(pieces):
+            batch[i, : len(piece)] = piece
+        return torch.from_numpy(batch)
+
+    def take(self, indices: Sequence[int] | Tensor) -> dict[str, Tensor]:
+        """The examples at ``indices`` as one batch (ragged arrays zero-padded to the longest)."""
+        rows = self.rows[np.asarray(indices, dtype=np.int64)]
+        batch = {name: self._gather(name, rows) for name in self.arrays}
+        batch.update({name: torch.from_numpy(values[rows]) for name, values in self.numbers.items()})
+        return {**batch, ROW: torch.from_numpy(rows)}
+
+    __getitems__ = take
+
+    def __getitem__(self, column: str) -> Tensor:
+        """A whole column: cheap for numbers, reads every row for arrays."""
+        if column in self.numbers:
+            return torch.from_numpy(self.numbers[column][self.rows])
+        if column == ROW:
+            return torch.from_numpy(self.rows)
+        return self._gather(column, self.rows)
+
+    def select(self, indices: Sequence[int] | Tensor) -> ArrowSplit:
+        return ArrowSplit(self.folder, self.rows[np.asarray(indices, dtype=np.int64)])
+
+    def load(self) -> TensorSplit:
+        """The same examples as tensors in memory (padded to the longest row in ragged columns)."""
+        return TensorSplit(self.take(range(len(self))))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the rows this split uses (a sub-split is a share of its cache file)."""
+        return round(self.table.nbytes * len(self.rows) / max(1, self.table.num_rows))
+
+
+Split = TensorSplit | ArrowSplit
+
+
+def split_batches(split: Split, size: int) -> Iterator[dict[str, Tensor]]:
+    """A split in order, ``size`` examples at a time (statistics over the training data)."""
+    for start in range(0, len(split), size):
+        yield split.take(range(start, min(start + size, len(split))))
+
+
+# --------------------------------------------------------------------------- writing a cache
+
+
+def _describe(example: Example) -> tuple[dict[str, ArrayColumn], list[str]]:
+    """Array and number columns, from the first example (array shapes are checked against it later)."""
+    arrays = {k: ArrayColumn(v.dtype.str, v.shape, False) for k, v in example.items() if isinstance(v, np.ndarray)}
+    return arrays, [name for name in example if name not in arrays]
+
+
+def _check_shapes(arrays: dict[str, ArrayColumn], example: Example, desc: str) -> None:
+    """Arrays keep their trailing shape; a first dimension that varies makes the column ragged (padded)."""
+    for name, column in arrays.items():
+        shape = example[name].shape
+        if shape == column.shape:
+            continue
+        if len(shape) != len(column.shape) or not shape or shape[1:] != column.shape[1:]:
+            raise ValueError(f"{desc}: column {name!r} of an example has shape {shape} but earlier ones {column.shape}")
+        arrays[name] = ArrayColumn(column.dtype, column.shape, True)
+
+
+def _features(example: Example, arrays: dict[str, ArrayColumn], numbers: list[str]) -> Any:
+    import datasets
+
+    features = {name: datasets.Value("binary") for name in arrays}
+    for name in numbers:
+        features[name] = datasets.Value("float64" if isinstance(example[name], float) else "int64")
+    return datasets.Features(features)
+
+
+def write_cache(folder: Path, rows: Rows, desc: str, skipped: list[str]) -> None:
+    """Decode ``rows`` into ``folder`` (``data.arrow`` + ``manifest.json``), atomically, a chunk at a time.
+
+    ``skipped`` collects the decoder's skip messages; they are kept in the manifest so a later run that reads
+    the cache can still say what was left out.
+    """
+    from datasets.arrow_writer import ArrowWriter
+
+    first_skipped = len(skipped)
+    with atomic_folder(folder) as staging:
+        writer: ArrowWriter | None = None
+        arrays: dict[str, ArrayColumn] = {}
+        numbers: list[str] = []
+        chunk: list[Example] = []
+
+        def flush() -> None:
+            batch = {name: [e[name].tobytes() for e in chunk] for name in arrays}
+            batch.update({name: [e[name] for e in chunk] for name in numbers})
+            writer.write_batch(batch)
+            chunk.clear()
+
+        count = 0
+        small = rows.count is not None and rows.count < 5000
+        items = tqdm(rows.items, total=rows.count, desc=desc, unit="item", disable=small)
+        for item in items:
+            for example in rows.decode(item):
+                if writer is None:
+                    arrays, numbers = _describe(example)
+                    writer = ArrowWriter(features=_features(example, arrays, numbers), path=str(staging / "data.arrow"))
+                _check_shapes(arrays, example, desc)
+                chunk.append(example)
+                count += 1
+                if len(chunk) == _WRITE_CHUNK:
+                    flush()
+        if writer is None:
+            raise ValueError(f"{desc}: nothing to decode (no readable examples)")
+        if chunk:
+            flush()
+        writer.finalize()
+        writer.close()
+        manifest = {
+            "rows": count,
+            "arrays": {
+                name: {"dtype": c.dtype, "shape": list(c.shape[1:] if c.ragged else c.shape), "ragged": c.ragged}
+                for name, c in arrays.items()
+            },
+            "numbers": numbers,
+            "skipped": skipped[first_skipped:],
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest))
