@@ -28,7 +28,7 @@ from vaekit.core.data import VAEDataModule
 from vaekit.core.module import VAE
 
 
-class _StepTimer(pl.Callback):
+class StepTimer(pl.Callback):
     """Wall time from the first timed step to the last, skipping ``warmup`` steps."""
 
     def __init__(self, warmup: int) -> None:
@@ -58,7 +58,7 @@ def build(config: str, overrides: list[str]) -> tuple[VAE, VAEDataModule, int]:
 def run_lightning(
     model: VAE, datamodule: VAEDataModule, steps: int, warmup: int, log_every: int, root: Path
 ) -> dict[str, float]:
-    timer = _StepTimer(warmup)
+    timer = StepTimer(warmup)
     trainer = pl.Trainer(
         accelerator="auto",
         devices=1,

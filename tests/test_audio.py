@@ -232,8 +232,6 @@ def test_hub_dataset_is_decoded_by_vaekit_with_its_labels_and_speakers(monkeypat
     """The hub-id path, fed a local DatasetDict with an Audio column (bytes), as `datasets` would return it."""
     import datasets
 
-    from vaekit.modalities import audio
-
     def split(paths: list[Path]) -> datasets.Dataset:
         rows = {
             "audio": [{"bytes": p.read_bytes(), "path": p.name} for p in paths],
@@ -248,7 +246,7 @@ def test_hub_dataset_is_decoded_by_vaekit_with_its_labels_and_speakers(monkeypat
     files = sorted(DEMO.glob("*.wav"))
     train = [p for p in files if "_theo_" not in p.name]
     hub = datasets.DatasetDict({"train": split(train), "test": split([p for p in files if "_theo_" in p.name])})
-    monkeypatch.setattr(audio, "load_hub_dataset", lambda hub_id: hub)
+    monkeypatch.setattr("vaekit.core.data.load_hub_dataset", lambda hub_id: hub)
     datamodule = AudioDataModule("someone/spoken-digits", val_speakers=["nicolas"])
     datamodule.setup()
     assert datamodule.label_names == list("0123456789")

@@ -381,7 +381,7 @@ def test_hub_dataset_path_with_its_text_column(monkeypatch: pytest.MonkeyPatch) 
         }
     )
     asked = []
-    monkeypatch.setattr("vaekit.modalities.text.load_hub_dataset", lambda hub_id: asked.append(hub_id) or hub)
+    monkeypatch.setattr("vaekit.core.data.load_hub_dataset", lambda hub_id: asked.append(hub_id) or hub)
     dm = TextDataModule("someone/ptb_like", max_length=12)
     with pytest.warns(UserWarning, match="3 blank line"):
         dm.setup()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.resources
 import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from vaekit.core.storage import ArrowSplit, Rows, Split, TensorSplit, write_cache
+from vaekit.core.storage import ArrowSplit, Rows, Split, StreamSplit, TensorSplit, collate_examples, write_cache
 
 DEMO_PREFIX = "demo:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -91,6 +90,13 @@ def split_off(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     return split.select(order[held:].sort().values), split.select(order[:held].sort().values)
 
 
+def _first(split: Split, count: int) -> Split:
+    """The first ``count`` examples (``--data.limit``)."""
+    if isinstance(split, StreamSplit):
+        return StreamSplit(replace(split.rows, items=split.rows.items.take(count)), split.shuffle, split.seed)
+    return split.select(range(min(count, len(split))))
+
+
 def cache_root(cache_dir: str | None) -> Path:
     """``--data.cache_dir``, else ``$VAEKIT_CACHE``, else a ``vaekit`` folder in the ``datasets`` cache."""
     if cache_dir:
@@ -115,6 +121,7 @@ class VAEDataModule(pl.LightningDataModule):
     """
 
     IN_MEMORY_BYTES = 2**30
+    SPEC_EXAMPLES = 2000  # a stream's spec (sizes, statistics) is computed from its first examples
 
     def __init__(
         self,
@@ -131,6 +138,7 @@ class VAEDataModule(pl.LightningDataModule):
         limit: int | None = None,
         in_memory: bool | None = None,
         cache_dir: str | None = None,
+        streaming: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -138,6 +146,11 @@ class VAEDataModule(pl.LightningDataModule):
         self.source = resolve_root(root)
         if self.source.local is not None:  # saved absolute, so a checkpoint works from any directory
             self.hparams.root = str(self.source.local)
+        if streaming and self.source.local is not None:
+            raise ValueError(
+                f"--data.streaming is for hub datasets, and {self.source} is a local folder: it is decoded once "
+                "into the on-disk cache instead (--data.in_memory false reads it from there per batch)"
+            )
         self.spec: Any = None
         self.splits: dict[str, Split] = {}
         self.eval_split = "test"
@@ -159,6 +172,10 @@ class VAEDataModule(pl.LightningDataModule):
         return batch
 
     # ---------------------------------------------------------------- shared
+    def hub_dataset(self) -> Any:
+        """The hub dataset ``root`` names: downloaded (and cached by ``datasets``), or streamed (``streaming``)."""
+        return load_hub_dataset(self.source.hub_id, **({"streaming": True} if self.hparams.streaming else {}))
+
     def adopt_spec(self, spec: Any) -> None:
         self.spec = spec
 
@@ -178,6 +195,12 @@ class VAEDataModule(pl.LightningDataModule):
         splits = {name: self.store(name, value) for name, value in self.load_splits().items()}
         if self.skipped:
             rank_zero_warn(f"skipped {len(self.skipped)} bad file(s); first: {self.skipped[0]}")
+        streamed = [name for name, split in splits.items() if isinstance(split, StreamSplit)]
+        if streamed and "train" in splits and not {"val", "test"} <= splits.keys():
+            raise ValueError(
+                f"{self.source} has no validation or test split ({sorted(splits)}); a stream cannot be split at "
+                "random: pass --data.streaming false to download it, or use a dataset that has both splits"
+            )
         if "train" in splits:  # a checkpoint command may read data that holds only the split it needs
             if "test" not in splits:
                 splits["train"], splits["test"] = split_off(
@@ -188,27 +211,35 @@ class VAEDataModule(pl.LightningDataModule):
                     splits["train"], self.hparams.val_fraction, self.hparams.seed
                 )
         if self.hparams.limit:
-            splits = {name: split.select(range(min(self.hparams.limit, len(split)))) for name, split in splits.items()}
+            splits = {name: _first(split, self.hparams.limit) for name, split in splits.items()}
         self.splits = self.place(splits)
         self.filter_labels()
         if self.spec is None:
-            self.spec = self.make_spec(self.splits["train"])
+            train = self.splits["train"]
+            self.spec = self.make_spec(train.head(self.SPEC_EXAMPLES) if isinstance(train, StreamSplit) else train)
 
     def store(self, name: str, value: Rows | dict[str, Tensor]) -> Split:
         """A plugin's split as a ``Split``: tensors as they are; ``Rows`` decoded into (or found in) the cache."""
         if not isinstance(value, Rows):
             return TensorSplit(value)
+        if self.hparams.streaming:
+            return StreamSplit(value, shuffle=name == "train", seed=self.hparams.seed)
         folder = cache_root(self.hparams.cache_dir) / type(self).__name__ / f"{name}-{value.fingerprint}"
         if (folder / "manifest.json").exists():
             self.skipped += json.loads((folder / "manifest.json").read_text())["skipped"]
         else:
-            with contextlib.suppress(FileExistsError):  # another process (a rank on this node) finished it first
+            try:
                 write_cache(folder, value, f"decoding {self.source} {name}", self.skipped)
+            except OSError:
+                if not (folder / "manifest.json").exists():
+                    raise  # not another process (a rank on another node sharing the folder) finishing first
         return ArrowSplit(folder)
 
     def place(self, splits: dict[str, Split]) -> dict[str, Split]:
         """Hold the splits in memory or leave them on disk (``in_memory``, else by size), and say which."""
         on_disk = [s for s in splits.values() if isinstance(s, ArrowSplit)]
+        if any(isinstance(s, StreamSplit) for s in splits.values()):
+            rank_zero_info(f"{self.source}: streamed, decoded batch by batch (nothing is downloaded whole)")
         if not on_disk:
             return splits
         size = sum(s.nbytes for s in on_disk)
@@ -236,11 +267,13 @@ class VAEDataModule(pl.LightningDataModule):
         kept = label_indices(keep, self.label_names, "--data.labels") or range(len(self.label_names))
         dropped = set(label_indices(drop, self.label_names, "--data.exclude_labels"))
         chosen = torch.tensor([i for i in kept if i not in dropped])
-        for split in ("train", "val"):
-            if split in self.splits:
-                rows = torch.isin(self.splits[split]["label"], chosen)
-                self.splits[split] = self.splits[split].select(rows.nonzero().squeeze(1))
-        if "train" in self.splits and len(self.splits["train"]) == 0:
+        for name in ("train", "val"):
+            split = self.splits.get(name)
+            if isinstance(split, StreamSplit):
+                self.splits[name] = split.with_labels(set(chosen.tolist()))
+            elif split is not None:
+                self.splits[name] = split.select(torch.isin(split["label"], chosen).nonzero().squeeze(1))
+        if isinstance(self.splits["train"], TensorSplit | ArrowSplit) and len(self.splits["train"]) == 0:
             raise ValueError(f"{self.source}: no training examples left with labels {keep or 'all'} minus {drop}")
         names = [self.label_names[i] for i in chosen.tolist()]
         rank_zero_info(f"training and validation on labels {names}; the test split keeps all of {self.label_names}")
@@ -252,10 +285,28 @@ class VAEDataModule(pl.LightningDataModule):
 
     def examples(self, name: str, indices: Sequence[int]) -> dict[str, Tensor]:
         """Examples of a split by index, as a loader would batch them (before the device transform)."""
-        return self.collate(self.split(name).take(list(indices)), name)
+        split = self.split(name)
+        if isinstance(split, StreamSplit):
+            split = split.head(max(indices) + 1)
+        if max(indices) >= len(split):
+            raise ValueError(
+                f"asked for {max(indices) + 1} examples but the {name} split has {len(split)}; pass --num "
+                f"{len(split)} or less, or give your own files with --input"
+            )
+        return self.collate(split.take(list(indices)), name)
+
+    def _collate_stream(self, examples: list[dict[str, Any]], split: str) -> dict[str, Tensor]:
+        return self.collate(collate_examples(examples), split)
 
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
         batch_size = self.hparams.batch_size if shuffle else (self.hparams.eval_batch_size or self.hparams.batch_size)
+        if isinstance(self.split(split), StreamSplit):  # shuffled in the stream, sharded by rank and worker
+            return DataLoader(
+                self.split(split),
+                batch_size=batch_size,
+                collate_fn=functools.partial(self._collate_stream, split=split),
+                num_workers=self.hparams.num_workers,
+            )
         return DataLoader(
             self.split(split),
             batch_size=batch_size,

@@ -261,13 +261,19 @@ class VAE(pl.LightningModule):
 
     # ----------------------------------------------------------------- the ELBO
     def posterior(self, batch: Batch) -> DiagonalGaussian:
-        return DiagonalGaussian(*self.encode_params(batch))
+        """q(z|x) in float32 even under mixed precision: the KL and the IW weights are sums of many terms."""
+        mean, logvar = self.encode_params(batch)
+        return DiagonalGaussian(mean.float(), logvar.float())
+
+    def data_log_likelihood(self, z: Tensor, batch: Batch) -> Tensor:
+        """log p(x|z) per example, from decoder parameters taken to float32 (bf16 cannot sum 784 pixels)."""
+        return self.log_likelihood(self.decode_params(z, batch).float(), batch)
 
     def elbo_terms(self, batch: Batch, beta: float = 1.0) -> ELBOTerms:
         """One reparameterised pass; sums over data and latent dims, mean over the batch for ``loss``."""
         posterior = self.posterior(batch)
         z = posterior.rsample()
-        rec = -self.log_likelihood(self.decode_params(z, batch), batch)
+        rec = -self.data_log_likelihood(z, batch)
         kl_per_dim = self.prior.kl_per_dim(posterior)
         if kl_per_dim is None:  # no closed form: single-sample Monte Carlo, spread evenly for free bits
             kl_mc = posterior.log_prob(z) - self.prior.log_prob(z)
@@ -282,7 +288,7 @@ class VAE(pl.LightningModule):
 
         def log_likelihood(z: Tensor, copies: int) -> Tensor:
             repeated = repeat_batch(batch, copies)
-            return self.log_likelihood(self.decode_params(z, repeated), repeated)
+            return self.data_log_likelihood(z, repeated)
 
         return iw_nll(posterior, self.prior, log_likelihood, num_samples, self.hparams.iw_max_rows)
 

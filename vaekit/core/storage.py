@@ -58,6 +58,31 @@ def file_stats(paths: Iterable[str | Path]) -> list[tuple[str, int, int]]:
     return stats
 
 
+SPLIT_FOLDERS = {"train": "train", "test": "test", "validation": "val", "valid": "val", "val": "val", "dev": "val"}
+
+
+def walk_files(folder: Path, extensions: set[str]) -> Iterator[Path]:
+    """Files with these extensions under ``folder``, in a stable (sorted) order, listed lazily."""
+    entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    for entry in entries:
+        if entry.is_dir():
+            yield from walk_files(Path(entry.path), extensions)
+        elif os.path.splitext(entry.name)[1].lower() in extensions:
+            yield Path(entry.path)
+
+
+def scan_folder(folder: Path, extensions: set[str]) -> tuple[str, int]:
+    """A digest of the folder's files (relative path, size, modification time) and their count, in one pass
+    that keeps no list: what a cache of the decoded files depends on, cheap enough to check every run."""
+    digest = hashlib.sha256()
+    count = 0
+    for path in walk_files(folder, extensions):
+        info = path.stat()
+        digest.update(f"{path.relative_to(folder)}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+        count += 1
+    return digest.hexdigest()[:20], count
+
+
 # --------------------------------------------------------------------------- in memory
 
 
@@ -156,13 +181,9 @@ class ArrowSplit(torch.utils.data.Dataset):
         pieces = []
         for chunk, row in zip(which.tolist(), (rows - starts[which]).tolist(), strict=True):
             offsets, data = views[chunk]
-            pieces.append(data[offsets[row] : offsets[row + 1]].view(column.dtype).reshape(-1, *column.shape))
-        if not column.ragged:
-            return torch.from_numpy(np.concatenate(pieces).reshape(len(pieces), *column.shape))
-        batch = np.zeros((len(pieces), max(len(p) for p in pieces), *column.shape), dtype=column.dtype)
-        for i, piece in enumerate(pieces):
-            batch[i, : len(piece)] = piece
-        return torch.from_numpy(batch)
+            piece = data[offsets[row] : offsets[row + 1]].view(column.dtype)
+            pieces.append(piece.reshape(-1, *column.shape) if column.ragged else piece.reshape(column.shape))
+        return stack(pieces)
 
     def take(self, indices: Sequence[int] | Tensor) -> dict[str, Tensor]:
         """The examples at ``indices`` as one batch (ragged arrays zero-padded to the longest)."""
@@ -194,7 +215,76 @@ class ArrowSplit(torch.utils.data.Dataset):
         return round(self.table.nbytes * len(self.rows) / max(1, self.table.num_rows))
 
 
-Split = TensorSplit | ArrowSplit
+def stack(arrays: list[np.ndarray]) -> Tensor:
+    """One batch tensor from per-example arrays; a first dimension that varies is zero-padded to the longest."""
+    if all(a.shape == arrays[0].shape for a in arrays):
+        return torch.from_numpy(np.stack(arrays))
+    batch = np.zeros((len(arrays), max(len(a) for a in arrays), *arrays[0].shape[1:]), dtype=arrays[0].dtype)
+    for i, array in enumerate(arrays):
+        batch[i, : len(array)] = array
+    return torch.from_numpy(batch)
+
+
+# --------------------------------------------------------------------------- streamed
+
+
+class StreamSplit(torch.utils.data.IterableDataset):
+    """Examples decoded as they stream in (a hub dataset with ``streaming=True``): nothing is downloaded whole.
+
+    Each DDP rank reads its own share (``datasets.distributed.split_dataset_by_node``), data-loader workers
+    split the rank's shards between them, and training streams are shuffled through a buffer, reseeded
+    on every pass. ``ROW`` is an example's position in this process's stream.
+    """
+
+    def __init__(self, rows: Rows, shuffle: bool = False, seed: int = 0, labels: set[int] | None = None) -> None:
+        self.rows, self.shuffle, self.seed, self.labels = rows, shuffle, seed, labels
+        self.epoch = 0
+        self.shuffle_buffer = 1000
+
+    def _items(self) -> Any:
+        from datasets.distributed import split_dataset_by_node
+
+        items = self.rows.items
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            items = split_dataset_by_node(items, rank=rank, world_size=world)
+        if self.shuffle:  # a new order every pass (every epoch; each worker counts its own passes alike)
+            items = items.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
+            items.set_epoch(self.epoch)
+            self.epoch += 1
+        return items
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        position = 0
+        for item in self._items():
+            for example in self.rows.decode(item):
+                if self.labels is not None and example.get("label") not in self.labels:
+                    continue
+                yield {**example, ROW: position}
+                position += 1
+
+    def with_labels(self, labels: set[int]) -> StreamSplit:
+        return StreamSplit(self.rows, self.shuffle, self.seed, labels)
+
+    def head(self, count: int) -> TensorSplit:
+        """The first ``count`` examples in memory: what the spec (sizes, statistics) is computed from."""
+        examples = [example for example, _ in zip(self, range(count), strict=False)]
+        if not examples:
+            raise ValueError("the stream holds no readable examples")
+        return TensorSplit(collate_examples(examples))
+
+
+def collate_examples(examples: list[dict[str, Any]]) -> dict[str, Tensor]:
+    """Batch streamed examples: arrays stacked (padded where ragged), numbers as tensors."""
+    return {
+        name: stack([e[name] for e in examples])
+        if isinstance(value, np.ndarray)
+        else torch.tensor([e[name] for e in examples])
+        for name, value in examples[0].items()
+    }
+
+
+Split = TensorSplit | ArrowSplit | StreamSplit
 
 
 def split_batches(split: Split, size: int) -> Iterator[dict[str, Tensor]]:

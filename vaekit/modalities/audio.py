@@ -10,6 +10,7 @@ with a spectrogram PNG per clip.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 import os
@@ -26,7 +27,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torchaudio import transforms as T
 
-from vaekit.core.data import VAEDataModule, load_hub_dataset
+from vaekit.core.data import VAEDataModule
 from vaekit.core.io import atomic_path
 from vaekit.core.likelihoods import Gaussian, Laplace
 from vaekit.core.module import VAE, Batch, ELBOTerms
@@ -209,6 +210,16 @@ class Clip:
     speaker: str | None = None
 
 
+@dataclass(frozen=True)
+class HubColumns:
+    """Which columns of a hub dataset hold the audio, the label (and its class names) and the speaker."""
+
+    audio: str
+    label: str | None
+    names: list[str] | None
+    speaker: str | None
+
+
 def _raise(message: str) -> None:
     raise ValueError(message)
 
@@ -289,32 +300,49 @@ class AudioDataModule(VAEDataModule):
             clips = [Clip(c.source, c.where, c.split) for c in clips]
         return [self._named(c) for c in clips]
 
-    def _hub_clips(self) -> list[Clip]:
+    def _hub_columns(self) -> tuple[Any, HubColumns]:
         import datasets
 
-        dataset = load_hub_dataset(self.source.hub_id)
-        first = next(iter(dataset.values()))
-        column = next((name for name, f in first.features.items() if isinstance(f, datasets.Audio)), None)
-        if column is None:
-            raise ValueError(f"{self.source}: no audio column in {first.features}")
-        label_column = next((c for c in ("label", "labels") if c in first.features), None)
-        names = getattr(first.features[label_column], "names", None) if label_column else None
-        speaker_column = next((c for c in ("speaker_id", "speaker", "client_id") if c in first.features), None)
-        clips = []
+        dataset = self.hub_dataset()
+        features = next(iter(dataset.values())).features
+        audio = next((name for name, f in features.items() if isinstance(f, datasets.Audio)), None)
+        if audio is None:
+            raise ValueError(f"{self.source}: no audio column in {features}")
+        label = next((c for c in ("label", "labels") if c in features), None)
+        names = getattr(features[label], "names", None) if label else None
+        speaker = next((c for c in ("speaker_id", "speaker", "client_id") if c in features), None)
+        return dataset.cast_column(audio, datasets.Audio(decode=False)), HubColumns(audio, label, names, speaker)
+
+    def _hub_clip(self, row: dict[str, Any], split: str, columns: HubColumns, index: int | None = None) -> Clip:
+        audio = row[columns.audio]
+        label = row[columns.label] if columns.label else None
+        clip = Clip(
+            source=audio["bytes"] or audio["path"],
+            where=f"{self.source} {split}{'' if index is None else f'[{index}]'} ({audio.get('path') or 'bytes'})",
+            split=str(split),
+            label=None if label is None else (columns.names[label] if columns.names else str(label)),
+            speaker=str(row[columns.speaker]) if columns.speaker else None,
+        )
+        return self._named(clip, audio.get("path"))
+
+    def _hub_clips(self) -> list[Clip]:
+        dataset, columns = self._hub_columns()
+        return [self._hub_clip(row, split, columns, i) for split, rows in dataset.items() for i, row in enumerate(rows)]
+
+    def _hub_examples(self, row: dict[str, Any], split: str, columns: HubColumns) -> list[dict[str, Any]]:
+        return self.clip_examples(self._hub_clip(row, split, columns))
+
+    def _streamed_splits(self) -> dict[str, Rows]:
+        """Each hub split as a stream (speakers cannot be held out of a stream: its own splits are used)."""
+        dataset, columns = self._hub_columns()
+        if self.spec is None:
+            self.label_names = list(columns.names or [])
+        splits = {}
         for split, rows in dataset.items():
-            rows = rows.cast_column(column, datasets.Audio(decode=False))
-            for i, row in enumerate(rows):
-                audio = row[column]
-                label = row[label_column] if label_column else None
-                clip = Clip(
-                    source=audio["bytes"] or audio["path"],
-                    where=f"{self.source} {split}[{i}] ({audio.get('path') or 'bytes'})",
-                    split=str(split),
-                    label=None if label is None else (names[label] if names else str(label)),
-                    speaker=str(row[speaker_column]) if speaker_column else None,
-                )
-                clips.append(self._named(clip, audio.get("path")))
-        return clips
+            name = "val" if split in ("validation", "valid", "dev") else str(split)
+            decode = functools.partial(self._hub_examples, split=split, columns=columns)
+            splits[name] = Rows(rows, decode, fingerprint(self.source.hub_id, split))
+        return splits
 
     def _named(self, clip: Clip, name: str | None = None) -> Clip:
         """Label and speaker from the file name (``name``, else the source path), when ``name_pattern`` matches it."""
@@ -439,6 +467,8 @@ class AudioDataModule(VAEDataModule):
         return chosen
 
     def load_splits(self) -> dict[str, Rows]:
+        if self.hparams.streaming:
+            return self._streamed_splits()
         clips = self._list_clips()
         labels = {c.label for c in clips if c.label is not None}
         self.label_names = self.spec.label_names if self.spec is not None else sorted(labels, key=_natural_key)

@@ -16,12 +16,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from vaekit.core.data import VAEDataModule, load_hub_dataset
+from vaekit.core.data import VAEDataModule
 from vaekit.core.io import atomic_path
 from vaekit.core.likelihoods import Bernoulli, Gaussian
 from vaekit.core.module import VAE, Batch, bits_per_dim
 from vaekit.core.networks import ConvDecoder, ConvEncoder
-from vaekit.core.storage import ROW, Rows, Split, file_stats, fingerprint
+from vaekit.core.storage import ROW, SPLIT_FOLDERS, Rows, Split, file_stats, fingerprint, scan_folder, walk_files
 from vaekit.modalities.registry import Modality
 
 # --------------------------------------------------------------------------- data
@@ -38,6 +38,7 @@ class ImageSpec:
     label_names: list[str] = field(default_factory=list)
 
 
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -82,6 +83,14 @@ def _mnist_examples(folder: Path, images: str, labels: str) -> Iterator[dict[str
         raise ValueError(f"{folder}: {len(x)} images in {images} but {len(y)} labels in {labels}")
     for image, label in zip(x, y, strict=True):
         yield {"x": image[None], "label": int(label)}
+
+
+def _labelled_files(folder: Path, label_names: list[str]) -> Iterator[dict[str, Any]]:
+    """The folder's images as rows shaped like a ``datasets`` image row: {"image": {"path"}, "label"}."""
+    for path in walk_files(folder, IMAGE_EXTENSIONS):
+        parent = path.parent.name if path.parent != folder else None
+        label = label_names.index(parent) if parent in label_names else -1
+        yield {"image": {"path": str(path), "bytes": None}, "label": label}
 
 
 def _as_list(example: dict[str, Any]) -> list[dict[str, Any]]:
@@ -147,19 +156,33 @@ class ImageDataModule(VAEDataModule):
                 splits[split] = Rows(examples, _as_list, fingerprint("mnist", file_stats(paths)), count=None)
         return splits
 
+    def _local_rows(self, root: Path) -> dict[str, Rows]:
+        """An image folder, listed without reading it: split folders, then one folder per label."""
+        folders = {SPLIT_FOLDERS[p.name.lower()]: p for p in sorted(root.iterdir()) if p.name.lower() in SPLIT_FOLDERS}
+        folders = folders or {"train": root}
+        labels = sorted({p.name for folder in folders.values() for p in folder.iterdir() if p.is_dir()})
+        self.label_names = self.spec.label_names if self.spec is not None else labels
+        options = (self.hparams.grayscale, self.hparams.image_size, self.label_names)
+        splits = {}
+        for split, folder in folders.items():
+            digest, count = scan_folder(folder, IMAGE_EXTENSIONS)
+            if count:
+                rows = _labelled_files(folder, self.label_names)
+                decode = _FolderDecoder(self, split, "image", "label")
+                splits[split] = Rows(rows, decode, fingerprint(digest, options), count=count)
+        if not splits:
+            raise FileNotFoundError(
+                f"{root}: no MNIST IDX files and no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found; "
+                "point --data.root at a folder of images (root/<label>/*.png) or MNIST IDX files"
+            )
+        return splits
+
     def _folder_rows(self) -> dict[str, Rows]:
         import datasets
 
         if self.source.local is not None:
-            try:
-                dataset = datasets.load_dataset("imagefolder", data_dir=str(self.source.local))
-            except (ValueError, FileNotFoundError) as err:
-                raise FileNotFoundError(
-                    f"{self.source.local}: no MNIST IDX files and no images found ({err}); "
-                    "point --data.root at a folder of images (root/<label>/*.png) or MNIST IDX files"
-                ) from err
-        else:
-            dataset = load_hub_dataset(self.source.hub_id)
+            return self._local_rows(self.source.local)
+        dataset = self.hub_dataset()
         features = next(iter(dataset.values())).features  # the train split's, or the only one (a test folder)
         image_column = next((c for c in ("image", "img", "pixel_values") if c in features), None)
         if image_column is None:
@@ -170,11 +193,12 @@ class ImageDataModule(VAEDataModule):
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
         options = (self.hparams.grayscale, self.hparams.image_size, image_column, label_column)
         splits = {}
-        for name in ("train", "test"):
-            if name in dataset:
-                rows = dataset[name]
-                decode = _FolderDecoder(self, name, image_column, label_column)
-                splits[name] = Rows(rows, decode, fingerprint(rows._fingerprint, *options), count=len(rows))
+        for name, found in (("train", "train"), ("val", "validation"), ("val", "valid"), ("test", "test")):
+            if found in dataset and name not in splits:
+                rows = dataset[found]
+                decode = _FolderDecoder(self, found, image_column, label_column)
+                key = fingerprint(getattr(rows, "_fingerprint", None), *options)  # a stream has none, and no cache
+                splits[name] = Rows(rows, decode, key, count=getattr(rows, "num_rows", None))
         return splits
 
     def _decode_one(self, item: dict[str, Any], where: str, expected: tuple[int, ...] | None) -> np.ndarray | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import math
 import zlib
@@ -25,11 +26,11 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
 
-from vaekit.core.data import VAEDataModule, load_hub_dataset
+from vaekit.core.data import VAEDataModule
 from vaekit.core.io import write_text
 from vaekit.core.likelihoods import Categorical
 from vaekit.core.module import VAE, Batch, OnnxGraph
-from vaekit.core.storage import ROW, Rows, Split, file_stats, fingerprint
+from vaekit.core.storage import ROW, Rows, Split, StreamSplit, file_stats, fingerprint
 from vaekit.modalities.registry import Modality
 
 SPLIT_NAMES = {"train": ("train",), "val": ("valid", "val", "validation", "dev"), "test": ("test",)}
@@ -249,6 +250,8 @@ class TextDataModule(VAEDataModule):
     (`encode`/`score`) keeps the file order.
     """
 
+    TOKENIZER_LINES_STREAMED = 200_000
+
     def __init__(
         self,
         root: str,
@@ -293,7 +296,14 @@ class TextDataModule(VAEDataModule):
 
     # ---------------------------------------------------------------- loading
     def load_splits(self) -> dict[str, Rows]:
-        sentences = self._local_sentences(self.source.local) if self.source.local is not None else self._hub_sentences()
+        hub = self._hub_splits() if self.source.local is None else {}
+        if self.source.local is not None:
+            sentences = self._local_sentences(self.source.local)
+        else:
+            sentences = {
+                name: (functools.partial(self._hub_lines, rows, column), getattr(rows, "_fingerprint", None))
+                for name, (rows, column) in hub.items()
+            }
         if "train" not in sentences and self.spec is None:
             raise ValueError(
                 f"{self.source}: no training sentences (a train.txt or *.train.txt file, or a train split)"
@@ -301,9 +311,16 @@ class TextDataModule(VAEDataModule):
         hp = self.hparams
         if self.tokenizer is None and hp.tokenizer in ("word", "bpe"):
             train_lines = sentences["train"][0](LoadReport())  # counted when the split is decoded, not here
+            if hp.streaming:  # a stream may be endless: the vocabulary comes from its start
+                train_lines = itertools.islice(train_lines, self.TOKENIZER_LINES_STREAMED)
             self.tokenizer = train_tokenizer(hp.tokenizer, train_lines, hp.vocab_size, hp.min_frequency)
         elif self.tokenizer is None:
             self.tokenizer = load_tokenizer(hp.tokenizer)
+        if hp.streaming:
+            return {
+                name: Rows(rows, functools.partial(self._encode_row, column=column), "")
+                for name, (rows, column) in hub.items()
+            }
         digest = vocab_digest(self.tokenizer)
         return {
             name: Rows(chunks(lines(self.report)), self._encode, fingerprint(origin, digest))
@@ -330,16 +347,20 @@ class TextDataModule(VAEDataModule):
             sentences[split] = (functools.partial(iter_lines, path, self), file_stats([path]))
         return sentences
 
-    def _hub_sentences(self) -> dict[str, tuple[Callable[[LoadReport], Iterator[str]], Any]]:
-        dataset = load_hub_dataset(self.source.hub_id)
-        sentences = {}
+    def _hub_splits(self) -> dict[str, tuple[Any, str]]:
+        """Each split of the hub dataset (downloaded or streamed), with its text column."""
+        dataset = self.hub_dataset()
+        splits = {}
         for split, names in SPLIT_NAMES.items():
             name = next((n for n in names if n in dataset), None)
             if name is not None:
-                rows = dataset[name]
-                column = self._text_column(rows.features)
-                sentences[split] = (functools.partial(self._hub_lines, rows, column), rows._fingerprint)
-        return sentences
+                splits[split] = (dataset[name], self._text_column(dataset[name].features))
+        return splits
+
+    def _encode_row(self, row: dict[str, Any], column: str) -> list[dict[str, Any]]:
+        """One streamed row's sentence (none if blank)."""
+        text = str(row[column]).strip()
+        return self._encode([text]) if text else []
 
     @staticmethod
     def _hub_lines(rows: Any, column: str, report: LoadReport) -> Iterator[str]:
@@ -353,6 +374,8 @@ class TextDataModule(VAEDataModule):
     def store(self, name: str, value: Rows | dict[str, Tensor]) -> Split:
         """The cached token ids, less the sentences over ``max_length`` when ``overlong`` drops them (counted)."""
         split = super().store(name, value)
+        if isinstance(split, StreamSplit):  # a stream is cut per batch; dropping needs the cached lengths
+            return split
         over = split["length"] > self.hparams.max_length
         if self.hparams.overlong == "drop":
             self.report.dropped += int(over.sum())
@@ -430,7 +453,7 @@ class TextDataModule(VAEDataModule):
 
     # ---------------------------------------------------------------- batches
     def loader(self, split: str, shuffle: bool = False, sort_by_length: bool = False) -> DataLoader:
-        if not (shuffle or sort_by_length):
+        if not (shuffle or sort_by_length) or isinstance(self.split(split), StreamSplit):
             return super().loader(split)
         hp = self.hparams
         dataset = self.split(split)
