@@ -6,6 +6,7 @@ memory-mapped cache the run touched). The cache is built in a separate process f
 figures are the training's own; the build's peak is reported too.
 
     python -m benchmarks.data_scaling memory --images 10000 100000 300000 --audio 3000 12000 48000
+    python -m benchmarks.data_scaling throughput --images 10000 100000 --repeats 3
     python -m benchmarks.data_scaling ddp --data-root ../shared/data/mnist
 
 Generated data goes under ``--work`` (default /tmp/vaekit-bench): PNGs cut from MNIST and WAVs hard-linked
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -127,6 +129,8 @@ def wav_folder(work: Path, fsdd: Path, count: int) -> Path:
 
 
 def fit_args(config: str, root: Path, run: Path, steps: int, *extra: str) -> list[str]:
+    """`vaekit fit` arguments for a short timed run into ``run`` (emptied first: fit refuses a used root)."""
+    shutil.rmtree(run, ignore_errors=True)
     return [
         "--config", config, "--data.root", str(root), "--trainer.default_root_dir", str(run),
         "--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1", "--trainer.limit_val_batches", "2",
@@ -146,7 +150,8 @@ def memory(args: argparse.Namespace) -> dict:
     for kind, config, count, root in jobs:
         extra = audio if kind == "audio" else ()
         row: dict = {"examples": count}
-        row["cache_build"] = run_child(["prepare", *fit_args(config, root, work / "run", 0, *extra)])
+        build = fit_args(config, root, work / "run", 0, *extra, "--data.in_memory", "false")
+        row["cache_build"] = run_child(["prepare", *build])
         for where in ("false", "true"):
             timer = (f"--trainer.callbacks+={STEP_TIMER}", "--trainer.callbacks.warmup", str(args.warmup))
             argv = fit_args(config, root, work / f"run-{kind}-{count}-{where}", args.steps, *extra, *timer)
@@ -156,18 +161,41 @@ def memory(args: argparse.Namespace) -> dict:
     return results
 
 
+def throughput(args: argparse.Namespace) -> dict:
+    """On-disk against in-memory examples/s, alternating runs (so drift hits both), ``--repeats`` times each."""
+    work = Path(args.work)
+    os.environ["VAEKIT_CACHE"] = str(work / "cache")
+    timer = (f"--trainer.callbacks+={STEP_TIMER}", "--trainer.callbacks.warmup", str(args.warmup))
+    results = {}
+    for count in args.images:
+        root = png_folder(work, Path(args.mnist), count)
+        runs: dict[str, list[float]] = {"false": [], "true": []}
+        for _ in range(args.repeats):
+            for where in runs:
+                argv = fit_args("configs/image/tiny.yaml", root, work / "run-throughput", args.steps, *timer)
+                runs[where].append(run_child([*argv, "--data.in_memory", where])["examples_per_s"])
+        ratios = [disk / memory for disk, memory in zip(runs["false"], runs["true"], strict=True)]
+        results[count] = {"on_disk": runs["false"], "in_memory": runs["true"], "ratio_median": float(np.median(ratios))}
+        print(json.dumps({count: results[count]}), flush=True)
+    return results
+
+
 def ddp(args: argparse.Namespace) -> dict:
     """Examples/s of one process (1 and 2 threads) and of two DDP processes of 1 thread each, same data."""
     work = Path(args.work)
     os.environ["VAEKIT_CACHE"] = str(work / "cache")
     timer = (f"--trainer.callbacks+={STEP_TIMER}", "--trainer.callbacks.warmup", str(args.warmup))
-    base = fit_args("configs/image/mnist.yaml", Path(args.data_root), work / "ddp", args.steps, *timer)
-    run_child(["prepare", *base[: base.index("--trainer.callbacks+=" + STEP_TIMER)]])
-    ddp_flags = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+
+    def run(threads: int, *flags: str) -> dict[str, float]:
+        argv = fit_args("configs/image/mnist.yaml", Path(args.data_root), work / "ddp", args.steps, *timer, *flags)
+        return run_child(argv, threads=threads)
+
+    run_child(["prepare", *fit_args("configs/image/mnist.yaml", Path(args.data_root), work / "ddp", 0)])
+    ddp_flags = ("--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu")
     runs = {
-        "one process, 1 thread": run_child(base, threads=1),
-        "one process, 2 threads": run_child(base, threads=2),
-        "two DDP processes, 1 thread each": run_child([*base, *ddp_flags], threads=1),
+        "one process, 1 thread": run(1),
+        "one process, 2 threads": run(2),
+        "two DDP processes, 1 thread each": run(1, *ddp_flags),
     }
     one = runs["one process, 1 thread"]["examples_per_s"]
     two = runs["two DDP processes, 1 thread each"]["examples_per_s"] * 2  # rank 0 sees half the global batch
@@ -181,7 +209,7 @@ def main() -> None:
         child(sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["memory", "ddp"])
+    parser.add_argument("what", choices=["memory", "throughput", "ddp"])
     parser.add_argument("--images", type=int, nargs="*", default=[10_000, 100_000, 300_000])
     parser.add_argument("--audio", type=int, nargs="*", default=[3_000, 12_000, 48_000])
     parser.add_argument("--mnist", default="../shared/data/mnist")
@@ -190,9 +218,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--work", default="/tmp/vaekit-bench")
+    parser.add_argument("--repeats", type=int, default=3, help="throughput: alternating runs per path")
     parser.add_argument("--out", help="write the results as JSON here too")
     args = parser.parse_args()
-    result = memory(args) if args.what == "memory" else ddp(args)
+    result = {"memory": memory, "throughput": throughput, "ddp": ddp}[args.what](args)
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

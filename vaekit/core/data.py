@@ -121,7 +121,7 @@ class VAEDataModule(pl.LightningDataModule):
     """
 
     IN_MEMORY_BYTES = 2**30
-    SPEC_EXAMPLES = 2000  # a stream's spec (sizes, statistics) is computed from its first examples
+    SPEC_EXAMPLES = 2000  # the spec (sizes, statistics) is computed from at most this many training examples
 
     def __init__(
         self,
@@ -215,8 +215,17 @@ class VAEDataModule(pl.LightningDataModule):
         self.splits = self.place(splits)
         self.filter_labels()
         if self.spec is None:
-            train = self.splits["train"]
-            self.spec = self.make_spec(train.head(self.SPEC_EXAMPLES) if isinstance(train, StreamSplit) else train)
+            self.spec = self.make_spec(self.spec_sample(self.splits["train"]))
+
+    def spec_sample(self, train: Split) -> Split:
+        """What the spec (sizes, statistics) is computed from: at most ``SPEC_EXAMPLES`` training examples, a
+        seeded random choice (a stream's first ones), so a spec costs the same for any size of data."""
+        if isinstance(train, StreamSplit):
+            return train.head(self.SPEC_EXAMPLES)
+        if len(train) <= self.SPEC_EXAMPLES:
+            return train
+        chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.hparams.seed))
+        return train.select(chosen[: self.SPEC_EXAMPLES].sort().values)
 
     def store(self, name: str, value: Rows | dict[str, Tensor]) -> Split:
         """A plugin's split as a ``Split``: tensors as they are; ``Rows`` decoded into (or found in) the cache."""

@@ -1,16 +1,19 @@
-"""Where a split's examples live: tensors in memory, or a memory-mapped Arrow cache read per batch.
+"""Where a split's examples live: tensors in memory, a memory-mapped Arrow cache read per batch, or a stream.
 
 A plugin describes a split as ``Rows`` (items such as files or lines, and how to decode one). The examples
 are decoded once into an Arrow file (written by ``datasets``, opened memory-mapped by every process and
-data-loader worker), so the same cache serves a laptop run held in RAM and a cluster run that never loads
-more than a batch. Both kinds of split answer the same calls: ``len``, a whole small column (labels,
-lengths), a batch by indices (``__getitems__``, what ``DataLoader`` calls), ``select`` (sub-splits by index).
+data-loader worker), so the same cache serves a laptop run held in RAM and a cluster run that never holds
+more than a batch; a hub dataset may instead be streamed and decoded as it arrives. The map-style splits
+answer the same calls: ``len``, a whole small column (labels, lengths), a batch by indices (``take``, which
+``DataLoader`` calls as ``__getitems__``) and ``select`` (sub-splits by index).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import mmap
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -129,6 +132,35 @@ class ArrayColumn:
     ragged: bool
 
 
+@dataclass(frozen=True)
+class _OpenedCache:
+    """One cache file as this process sees it: the Arrow table over a read-only mapping (its metadata, offsets
+    and number columns are read from there), the file descriptor the rows are read with, how array columns
+    read back, and (filled on first use) per column where each chunk starts, its offsets and its data's
+    place in the file."""
+
+    table: Any
+    file: Any  # open for the life of the process, like the mapping
+    base: int  # the mapping's address: an Arrow buffer's address minus this is its place in the file
+    arrays: dict[str, ArrayColumn]
+    numbers: dict[str, np.ndarray]
+    chunks: dict[str, tuple[np.ndarray, list[tuple[np.ndarray, int]]]]
+
+
+@functools.cache
+def _open_cache(folder: Path) -> _OpenedCache:
+    """Open a cache file once per process: every split cut from it (train, val, a label filter) shares it."""
+    import pyarrow as pa
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    arrays = {k: ArrayColumn(v["dtype"], tuple(v["shape"]), v["ragged"]) for k, v in manifest["arrays"].items()}
+    file = open(folder / "data.arrow", "rb")  # noqa: SIM115 (kept open in the returned cache)
+    mapped = pa.py_buffer(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
+    table = pa.ipc.open_stream(mapped).read_all()  # zero-copy: buffers point into the mapping
+    numbers = {name: table.column(name).to_numpy() for name in manifest["numbers"]}
+    return _OpenedCache(table, file, mapped.address, arrays, numbers, {})
+
+
 class ArrowSplit(torch.utils.data.Dataset):
     """Examples in a memory-mapped Arrow cache; a batch reads only its own rows.
 
@@ -138,17 +170,10 @@ class ArrowSplit(torch.utils.data.Dataset):
     """
 
     def __init__(self, folder: Path, rows: np.ndarray | None = None) -> None:
-        import datasets
-
         self.folder = folder
-        manifest = json.loads((folder / "manifest.json").read_text())
-        self.arrays = {
-            k: ArrayColumn(v["dtype"], tuple(v["shape"]), v["ragged"]) for k, v in manifest["arrays"].items()
-        }
-        self.table = datasets.Dataset.from_file(str(folder / "data.arrow")).data.table
-        self.rows = np.arange(self.table.num_rows) if rows is None else rows
-        self.numbers = {name: self.table.column(name).to_numpy() for name in manifest["numbers"]}
-        self._views: dict[str, tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]] | None = None
+        self.cache = _open_cache(folder)
+        self.arrays, self.numbers = self.cache.arrays, self.cache.numbers
+        self.rows = np.arange(self.cache.table.num_rows) if rows is None else rows
 
     def __getstate__(self) -> dict[str, Any]:
         return {"folder": self.folder, "rows": self.rows}
@@ -159,29 +184,31 @@ class ArrowSplit(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _chunk_views(self, name: str) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
-        """Per Arrow chunk, (offsets, bytes) as numpy views of the mapped file, and where each chunk starts."""
-        if self._views is None:
-            self._views = {}
-        if name not in self._views:
-            chunks = self.table.column(name).chunks
-            starts = np.cumsum([0] + [len(c) for c in chunks])
-            views = []
-            for chunk in chunks:
+    def _chunks(self, name: str) -> tuple[np.ndarray, list[tuple[np.ndarray, int]]]:
+        """Where each Arrow chunk of a column starts, and per chunk its offsets and its data's file position."""
+        chunks = self.cache.chunks
+        if name not in chunks:
+            column = self.cache.table.column(name).chunks
+            starts = np.cumsum([0] + [len(c) for c in column])
+            placed = []
+            for chunk in column:
                 _, offsets, data = chunk.buffers()
                 offsets = np.frombuffer(offsets, dtype=np.int32)[chunk.offset : chunk.offset + len(chunk) + 1]
-                views.append((offsets, np.frombuffer(data, dtype=np.uint8)))
-            self._views[name] = (starts, views)
-        return self._views[name]
+                placed.append((offsets, data.address - self.cache.base))
+            chunks[name] = (starts, placed)
+        return chunks[name]
 
     def _gather(self, name: str, rows: np.ndarray) -> Tensor:
+        """The rows' arrays, read with ``pread``: the data pass through the page cache without being mapped into
+        this process, so its resident memory stays the same however much of the cache an epoch reads."""
         column = self.arrays[name]
-        starts, views = self._chunk_views(name)
+        starts, placed = self._chunks(name)
         which = np.searchsorted(starts, rows, side="right") - 1
         pieces = []
         for chunk, row in zip(which.tolist(), (rows - starts[which]).tolist(), strict=True):
-            offsets, data = views[chunk]
-            piece = data[offsets[row] : offsets[row + 1]].view(column.dtype)
+            offsets, position = placed[chunk]
+            start, end = int(offsets[row]), int(offsets[row + 1])
+            piece = np.frombuffer(os.pread(self.cache.file.fileno(), end - start, position + start), dtype=column.dtype)
             pieces.append(piece.reshape(-1, *column.shape) if column.ragged else piece.reshape(column.shape))
         return stack(pieces)
 
@@ -212,7 +239,8 @@ class ArrowSplit(torch.utils.data.Dataset):
     @property
     def nbytes(self) -> int:
         """Bytes of the rows this split uses (a sub-split is a share of its cache file)."""
-        return round(self.table.nbytes * len(self.rows) / max(1, self.table.num_rows))
+        table = self.cache.table
+        return round(table.nbytes * len(self.rows) / max(1, table.num_rows))
 
 
 def stack(arrays: list[np.ndarray]) -> Tensor:
@@ -350,7 +378,10 @@ def write_cache(folder: Path, rows: Rows, desc: str, skipped: list[str]) -> None
             for example in rows.decode(item):
                 if writer is None:
                     arrays, numbers = _describe(example)
-                    writer = ArrowWriter(features=_features(example, arrays, numbers), path=str(staging / "data.arrow"))
+                    # Big record batches: opening the file then touches few pages besides the data asked for.
+                    path = str(staging / "data.arrow")
+                    features = _features(example, arrays, numbers)
+                    writer = ArrowWriter(features=features, path=path, writer_batch_size=_WRITE_CHUNK)
                 _check_shapes(arrays, example, desc)
                 chunk.append(example)
                 count += 1

@@ -359,11 +359,10 @@ class TextDataModule(VAEDataModule):
 
     def _encode_row(self, row: dict[str, Any], column: str) -> list[dict[str, Any]]:
         """One streamed row's sentence (none if blank)."""
-        text = str(row[column]).strip()
-        return self._encode([text]) if text else []
+        return [example for line in self._hub_lines([row], column, self.report) for example in self._encode([line])]
 
     @staticmethod
-    def _hub_lines(rows: Any, column: str, report: LoadReport) -> Iterator[str]:
+    def _hub_lines(rows: Iterable[dict[str, Any]], column: str, report: LoadReport) -> Iterator[str]:
         for row in rows:
             text = str(row[column]).strip()
             if text:
