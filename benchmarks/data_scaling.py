@@ -6,7 +6,7 @@ memory-mapped cache the run touched). The cache is built in a separate process f
 figures are the training's own; the build's peak is reported too.
 
     python -m benchmarks.data_scaling memory --images 10000 100000 300000 --audio 3000 12000 48000
-    python -m benchmarks.data_scaling throughput --images 10000 100000 --repeats 3
+    python -m benchmarks.data_scaling throughput --images 10000 100000 --audio 3000 12000 --repeats 3
     python -m benchmarks.data_scaling ddp --data-root ../shared/data/mnist
 
 Generated data goes under ``--work`` (default /tmp/vaekit-bench): PNGs cut from MNIST and WAVs hard-linked
@@ -31,6 +31,9 @@ import pytorch_lightning as pl
 from benchmarks.throughput import StepTimer
 
 STEP_TIMER = "benchmarks.data_scaling.FitTimer"
+# The generated audio folders' speakers are FSDD's renamed: hold out validation and test speakers at random.
+AUDIO = ("--data.val_speakers", "null", "--data.test_speakers", "null",
+         "--data.name_pattern", r"^(?P<label>\d+)_(?P<speaker>[^_]+)_\d+$")  # fmt: skip
 
 
 class FitTimer(StepTimer):
@@ -144,11 +147,9 @@ def memory(args: argparse.Namespace) -> dict:
     os.environ["VAEKIT_CACHE"] = str(cache)
     results: dict[str, list] = {"image": [], "audio": []}
     jobs = [("image", "configs/image/tiny.yaml", n, png_folder(work, Path(args.mnist), n)) for n in args.images]
-    audio = ("--data.val_speakers", "null", "--data.test_speakers", "null", "--data.name_pattern",
-             r"^(?P<label>\d+)_(?P<speaker>[^_]+)_\d+$")  # fmt: skip
     jobs += [("audio", "configs/audio/tiny.yaml", n, wav_folder(work, Path(args.fsdd), n)) for n in args.audio]
     for kind, config, count, root in jobs:
-        extra = audio if kind == "audio" else ()
+        extra = AUDIO if kind == "audio" else ()
         row: dict = {"examples": count}
         build = fit_args(config, root, work / "run", 0, *extra, "--data.in_memory", "false")
         row["cache_build"] = run_child(["prepare", *build])
@@ -166,17 +167,19 @@ def throughput(args: argparse.Namespace) -> dict:
     work = Path(args.work)
     os.environ["VAEKIT_CACHE"] = str(work / "cache")
     timer = (f"--trainer.callbacks+={STEP_TIMER}", "--trainer.callbacks.warmup", str(args.warmup))
-    results = {}
-    for count in args.images:
-        root = png_folder(work, Path(args.mnist), count)
+    jobs = [("image", "configs/image/tiny.yaml", n, png_folder(work, Path(args.mnist), n), ()) for n in args.images]
+    jobs += [("audio", "configs/audio/tiny.yaml", n, wav_folder(work, Path(args.fsdd), n), AUDIO) for n in args.audio]
+    results: dict[str, dict] = {"image": {}, "audio": {}}
+    for kind, config, count, root, extra in jobs:
         runs: dict[str, list[float]] = {"false": [], "true": []}
         for _ in range(args.repeats):
             for where in runs:
-                argv = fit_args("configs/image/tiny.yaml", root, work / "run-throughput", args.steps, *timer)
+                argv = fit_args(config, root, work / "run-throughput", args.steps, *extra, *timer)
                 runs[where].append(run_child([*argv, "--data.in_memory", where])["examples_per_s"])
         ratios = [disk / memory for disk, memory in zip(runs["false"], runs["true"], strict=True)]
-        results[count] = {"on_disk": runs["false"], "in_memory": runs["true"], "ratio_median": float(np.median(ratios))}
-        print(json.dumps({count: results[count]}), flush=True)
+        row = {"on_disk": runs["false"], "in_memory": runs["true"], "ratio_median": float(np.median(ratios))}
+        results[kind][count] = row
+        print(json.dumps({kind: {count: row}}), flush=True)
     return results
 
 

@@ -480,3 +480,18 @@ def test_resume_with_another_tokenizer_is_refused(trained: Path, tmp_path: Path)
             ["fit", "--config", "configs/text/tiny.yaml", "--ckpt_path", str(trained), "--data.tokenizer",
              str(tmp_path / "tok"), "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.max_epochs", "3"]
         )  # fmt: skip
+
+
+def test_max_examples_are_the_first_sentences_in_file_order(trained: Path, tmp_path: Path) -> None:
+    """Not the first batches: evaluation sorts text batches by length, so those would be the shortest."""
+    demo = Path("vaekit/demo/text")
+    first = tmp_path / "first"
+    first.mkdir()
+    for name in ("train.txt", "valid.txt"):
+        shutil.copy(demo / name, first / name)
+    sentences = [line for line in (demo / "test.txt").read_text().splitlines() if line.strip()]
+    (first / "test.txt").write_text("\n".join(sentences[:5]) + "\n")
+    main(["evaluate", str(trained), "--split", "test", "--iw-samples", "1", "--max-examples", "5", "--out", str(tmp_path / "a.json")])  # fmt: skip
+    main(["evaluate", str(trained), "--split", "test", "--iw-samples", "1", "--data-root", str(first), "--out", str(tmp_path / "b.json")])  # fmt: skip
+    limited, alone = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    assert limited["kl"] == pytest.approx(alone["kl"], rel=1e-5), "the KL is analytic: the same 5 sentences"

@@ -14,6 +14,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from pytorch_lightning.utilities.model_summary import get_human_readable_count
 
 from vaekit.core.module import VAE
+from vaekit.core.samplers import GaussianMixtureSampler
 
 
 @dataclass
@@ -58,10 +59,58 @@ class WriteSamples(pl.Callback):
         out_dir = Path(trainer.default_root_dir) / "samples"
         shown = preview(pl_module, trainer.datamodule, "test", self.num, self.seed)
         paths = pl_module.save_outputs(shown.samples, out_dir, "prior")
+        for name in pl_module.samplers:  # a fitted post-hoc sampler's samples beside the prior's
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                paths += pl_module.save_outputs(
+                    pl_module.generate(pl_module.sample_latents(self.num, sampler=name)), out_dir, name
+                )
         if shown.inputs is not None:
             paths += pl_module.save_outputs(shown.inputs, out_dir, "inputs")
             paths += pl_module.save_outputs(shown.reconstructions, out_dir, "reconstructions")
         rank_zero_info(f"samples written to {out_dir} ({len(paths)} files)")
+
+
+def posterior_means(pl_module: VAE, datamodule: Any, split: str, max_examples: int, seed: int = 0) -> torch.Tensor:
+    """E_q[z|x] of (a seeded random choice of at most ``max_examples``) examples of ``split``, in eval mode."""
+    count = len(datamodule.split(split))
+    chosen = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:max_examples].sort().values
+    was_training = pl_module.training
+    pl_module.eval()
+    means = []
+    with torch.no_grad():
+        for chunk in chosen.split(256):
+            batch = datamodule.examples(split, chunk.tolist())
+            batch = datamodule.on_after_batch_transfer({k: v.to(pl_module.device) for k, v in batch.items()}, 0)
+            means.append(pl_module.posterior(batch).mean)
+    pl_module.train(was_training)
+    return torch.cat(means)
+
+
+class FitSampler(pl.Callback):
+    """At the end of training, fit a Gaussian mixture of ``components`` to the aggregate posterior (the posterior
+    means of at most ``max_examples`` training examples) and save it into ``last.ckpt``: `vaekit sample MODEL
+    --sampler gmm` then draws where the data's codes are. ``components=0`` turns it off.
+    """
+
+    def __init__(self, components: int = 10, max_examples: int = 10000, seed: int = 0) -> None:
+        self.components, self.max_examples, self.seed = components, max_examples, seed
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: VAE) -> None:
+        if self.components <= 0 or trainer.interrupted or trainer.datamodule is None:
+            return
+        codes = posterior_means(pl_module, trainer.datamodule, "train", self.max_examples, self.seed)
+        sampler = GaussianMixtureSampler.fit(codes, self.components, self.seed)
+        pl_module.samplers["gmm"] = sampler.to(pl_module.device)
+        # Every rank fitted the same mixture (same data, same seed); saving is collective, so agree on the file.
+        lasts = {Path(c.dirpath) / "last.ckpt" for c in trainer.checkpoint_callbacks if c.dirpath}
+        for last in sorted(lasts):
+            if trainer.strategy.broadcast(last.exists()):
+                trainer.save_checkpoint(last)
+        rank_zero_info(
+            f"fitted a {sampler.means.shape[0]}-component Gaussian mixture to the training codes: "
+            "`vaekit sample MODEL --sampler gmm` draws from it"
+        )
 
 
 class LogMedia(pl.Callback):

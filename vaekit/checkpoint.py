@@ -214,6 +214,7 @@ def build_model(record: ModelRecord, state: dict[str, torch.Tensor]) -> VAE:
     model = instantiate(model_class, record.model_args, f"{record.source}: model arguments")
     model.restore_spec(record.modality, record.spec)
     model.recipe = record.recipe
+    model.restore_samplers(state)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

@@ -16,7 +16,6 @@ import dataclasses
 import importlib
 import json
 import logging
-import math
 import os
 import sys
 import warnings
@@ -33,7 +32,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from tqdm.auto import tqdm
 
 from vaekit import recipes
-from vaekit.callbacks import LogMedia, ParameterSummary, ResumableCheckpoint, WriteSamples
+from vaekit.callbacks import FitSampler, LogMedia, ParameterSummary, ResumableCheckpoint, WriteSamples
 from vaekit.checkpoint import ModelRecord, load_datamodule, load_model, read_checkpoint, record_from_checkpoint
 from vaekit.core.data import VAEDataModule, label_indices
 from vaekit.core.io import atomic_folder, atomic_path, write_text
@@ -86,6 +85,7 @@ class VAEKitCLI(LightningCLI):
                 "best_checkpoint.auto_insert_metric_name": False,
             }
         )
+        parser.add_lightning_class_args(FitSampler, "posthoc")
         parser.add_lightning_class_args(WriteSamples, "samples")
         parser.add_lightning_class_args(LogMedia, "media")
         parser.add_lightning_class_args(ParameterSummary, "summary")
@@ -234,17 +234,17 @@ class Session:
             # many rows cost no speed and let the progress bar move (and estimate the time) batch by batch.
             rows = self.model.hparams.iw_max_rows // self.model.eval_iw_samples
             datamodule.hparams.eval_batch_size = max(1, rows)
-        max_examples = getattr(self.args, "max_examples", None)
-        batch_size = datamodule.hparams.eval_batch_size or datamodule.hparams.batch_size
-        limit = math.ceil(max_examples / batch_size) if max_examples else 1.0
+        if getattr(self.args, "max_examples", None):
+            # The first N of the split in its own order: text batches are sorted by length, so the first batches
+            # would be the shortest sentences rather than a fair share.
+            datamodule.setup("test")
+            datamodule.keep_first(split, self.args.max_examples)
         return pl.Trainer(
             accelerator=self.args.device,
             devices=1,
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,
-            limit_test_batches=limit,
-            limit_predict_batches=limit,
         )
 
 
@@ -258,7 +258,7 @@ def _concat(parts: list[Any]) -> Any:
 
 
 def cmd_sample(s: Session) -> list[Path]:
-    z = s.model.sample_latents(s.args.num, s.args.temperature)
+    z = s.model.sample_latents(s.args.num, s.args.temperature, s.args.sampler)
     return s.save(_concat(_in_batches(s, z)), "samples")
 
 
@@ -457,7 +457,10 @@ def build_parser(options_type: type | None = None, modality: str = "") -> argpar
 
     p = folder_command("sample", "draw samples from the prior")
     p.add_argument("--num", type=_count(1), default=16)
-    p.add_argument("--temperature", type=float, default=1.0, help="scales the prior's standard deviation")
+    p.add_argument("--temperature", type=float, default=1.0, help="scales the latent distribution's spread")
+    p.add_argument(
+        "--sampler", default="prior", help="prior, or a post-hoc sampler fitted at the end of training (gmm)"
+    )
     p = folder_command("reconstruct", "encode and decode test examples or given inputs")
     p.add_argument("--num", type=_count(1), default=8)
     p.add_argument("--input", nargs="+", help="files (or sentences, for text) to reconstruct")
@@ -478,7 +481,7 @@ def build_parser(options_type: type | None = None, modality: str = "") -> argpar
         p.add_argument("--split", choices=("val", "test"), default="test")
         p.add_argument("--out", required=True)
         p.add_argument("--batch-size", type=_count(1))
-        p.add_argument("--max-examples", type=_count(1), help="only the first N examples (rounded up to whole batches)")
+        p.add_argument("--max-examples", type=_count(1), help="only the first N examples of the split, in its order")
         if name == "evaluate":
             p.add_argument("--iw-samples", type=_count(0), default=1000, help="0: the ELBO only")
         if name == "score":

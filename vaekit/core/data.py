@@ -287,6 +287,10 @@ class VAEDataModule(pl.LightningDataModule):
         names = [self.label_names[i] for i in chosen.tolist()]
         rank_zero_info(f"training and validation on labels {names}; the test split keeps all of {self.label_names}")
 
+    def keep_first(self, name: str, count: int) -> None:
+        """Keep only the first ``count`` examples of a split, in the data's own order (a fair, fixed subset)."""
+        self.splits[name] = _first(self.split(name), count)
+
     def split(self, name: str) -> Split:
         if name not in self.splits:
             raise ValueError(f"no {name!r} split in {self.source}; available: {sorted(self.splits)}")

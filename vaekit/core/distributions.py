@@ -7,6 +7,7 @@ so every modality gets sampling, KL and densities from one place.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -79,4 +80,63 @@ class StandardNormalPrior(Prior):
         return posterior.kl_per_dim()
 
 
-PRIORS: dict[str, type[Prior]] = {"standard_normal": StandardNormalPrior}
+def _component_log_probs(z: Tensor, means: Tensor, logvars: Tensor) -> Tensor:
+    """log N(z; mean_k, diag exp(logvar_k)) for every component k: (..., D) -> (..., K)."""
+    z = z.unsqueeze(-2)
+    return (-0.5 * (LOG_2PI + logvars + (z - means) ** 2 / logvars.exp())).sum(-1)
+
+
+class MixtureOfGaussiansPrior(Prior):
+    """p(z) = sum_k pi_k N(mu_k, diag sigma_k^2) with learned weights, means and scales.
+
+    A prior that can put its mass where the aggregate posterior is, closing the "prior hole" a single
+    Gaussian leaves. The KL has no closed form: the core then uses a one-sample Monte Carlo estimate (unbiased),
+    and the importance-weighted bound uses ``log_prob`` as it is.
+    """
+
+    def __init__(self, latent_dim: int, components: int = 10) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.means = torch.nn.Parameter(torch.randn(components, latent_dim, generator=generator))
+        self.logvars = torch.nn.Parameter(torch.zeros(components, latent_dim))
+        self.logits = torch.nn.Parameter(torch.zeros(components))
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        weights = torch.log_softmax(self.logits, dim=0)
+        return torch.logsumexp(weights + _component_log_probs(z, self.means, self.logvars), dim=-1)
+
+    def sample(self, num: int, latent_dim: int, temperature: float = 1.0) -> Tensor:
+        component = torch.multinomial(torch.softmax(self.logits.detach(), 0), num, replacement=True)
+        noise = torch.randn(num, latent_dim, device=self.means.device, dtype=self.means.dtype)
+        return (self.means[component] + temperature * (0.5 * self.logvars[component]).exp() * noise).detach()
+
+
+class VampPrior(Prior):
+    """The VampPrior (Tomczak & Welling 2018): p(z) = 1/K sum_k q(z | u_k), the encoder's posterior at K
+    learned pseudo-inputs u_k in the encoder's input space, so the prior is the aggregate posterior of a
+    small learned data set. ``encode`` is the model's encoder network (input -> mean, log-variance); it is
+    not registered here, so its weights are saved once, with the encoder.
+    """
+
+    def __init__(self, encode: Any, example: Tensor, components: int = 50) -> None:
+        super().__init__()
+        self.encode = encode
+        generator = torch.Generator().manual_seed(0)
+        noise = torch.randn(components, *example.shape[1:], generator=generator)
+        self.pseudo_inputs = torch.nn.Parameter(example[:1].detach().cpu().float() + 0.1 * noise)
+
+    def components(self) -> tuple[Tensor, Tensor]:
+        mean, logvar = self.encode(self.pseudo_inputs)
+        return mean.float(), logvar.float().clamp(-30.0, 20.0)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        means, logvars = self.components()
+        return torch.logsumexp(_component_log_probs(z, means, logvars), dim=-1) - math.log(len(means))
+
+    def sample(self, num: int, latent_dim: int, temperature: float = 1.0) -> Tensor:
+        with torch.no_grad():
+            means, logvars = self.components()
+            component = torch.randint(len(means), (num,), device=means.device)
+            return means[component] + temperature * (0.5 * logvars[component]).exp() * torch.randn_like(
+                means[component]
+            )

@@ -12,7 +12,7 @@ import math
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -21,10 +21,17 @@ from torch import Tensor
 from torchmetrics import SumMetric
 
 from vaekit import __version__
-from vaekit.core.distributions import PRIORS, DiagonalGaussian
+from vaekit.core.distributions import (
+    DiagonalGaussian,
+    MixtureOfGaussiansPrior,
+    Prior,
+    StandardNormalPrior,
+    VampPrior,
+)
 from vaekit.core.estimators import PosteriorDiagnostics, iw_nll
 from vaekit.core.likelihoods import Likelihood
 from vaekit.core.plain import nonfinite_tensors, to_plain
+from vaekit.core.samplers import SAMPLERS
 from vaekit.core.schedules import BetaSchedule, free_bits_kl
 
 Batch = dict[str, Tensor]
@@ -104,18 +111,18 @@ class VAE(pl.LightningModule):
         latent_dim: int = 32,
         beta: BetaSchedule | None = None,
         free_bits: float = 0.0,
-        prior: str = "standard_normal",
+        prior: Literal["standard_normal", "mog", "vamp"] = "standard_normal",
+        prior_components: int = 10,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         val_iw_samples: int = 0,
         iw_max_rows: int = 1024,
     ) -> None:
         super().__init__()
-        if prior not in PRIORS:
-            raise ValueError(f"unknown prior {prior!r}; choose one of {sorted(PRIORS)}")
         self.save_hyperparameters()
         self.beta = beta or BetaSchedule()
-        self.prior = PRIORS[prior]()
+        self.prior = self.make_prior() if prior != "vamp" else StandardNormalPrior()  # vamp: once built
+        self.samplers = torch.nn.ModuleDict()  # post-hoc samplers fitted after training (vaekit.core.samplers)
         self.spec: Any = None
         self.val_diagnostics = PosteriorDiagnostics()
         self.eval_iw_samples = 0  # set by `vaekit evaluate`
@@ -200,6 +207,24 @@ class VAE(pl.LightningModule):
             raise TypeError(f"{type(self).__name__} needs a {self.spec_type.__name__}, got {type(spec).__name__}")
         self.build(spec)
         self.spec = spec
+        if self.hparams.prior == "vamp":  # its pseudo-inputs live in the encoder's input space
+            self.prior = self.make_prior()
+
+    def make_prior(self) -> Prior:
+        """p(z): ``standard_normal``; ``mog``, a learned mixture of ``prior_components`` Gaussians; or ``vamp``,
+        the encoder's posterior at ``prior_components`` learned pseudo-inputs."""
+        hp = self.hparams
+        if hp.prior == "mog":
+            return MixtureOfGaussiansPrior(hp.latent_dim, hp.prior_components)
+        if hp.prior == "vamp":
+            example = self.encoder_example()
+            if example is None:
+                raise ValueError(
+                    f"--model.prior vamp needs an encoder that reads one input tensor, and {type(self).__name__}'s "
+                    "does not (text reads tokens); use --model.prior mog"
+                )
+            return VampPrior(self.encoder.__call__, example, hp.prior_components)  # a callable: not a submodule
+        return StandardNormalPrior()
 
     def setup(self, stage: str) -> None:
         if not self.built:
@@ -239,6 +264,7 @@ class VAE(pl.LightningModule):
             )
         self.restore_spec(meta["modality"], meta["spec"])
         self.recipe = meta.get("recipe", "")
+        self.restore_samplers(checkpoint["state_dict"])  # resuming a run whose last.ckpt holds one
 
     def restore_spec(self, modality: str, spec_fields: dict[str, Any]) -> None:
         """Build the networks for a saved spec, or check that the data's spec matches it (resume)."""
@@ -435,9 +461,26 @@ class VAE(pl.LightningModule):
         return 8 * torch.tensor(self.compressed_sizes(batch), dtype=torch.float64)
 
     # ----------------------------------------------------------------- latent space
-    def sample_latents(self, num: int, temperature: float = 1.0) -> Tensor:
-        """Prior samples; ``temperature`` scales the prior's spread (1.0 is the model's prior)."""
-        return self.prior.sample(num, self.hparams.latent_dim, temperature)
+    def sample_latents(self, num: int, temperature: float = 1.0, sampler: str = "prior") -> Tensor:
+        """Latents to decode: from the prior, or from a fitted post-hoc ``sampler``; ``temperature`` scales the
+        spread (1.0 is the distribution as fitted)."""
+        if sampler == "prior":
+            return self.prior.sample(num, self.hparams.latent_dim, temperature)
+        if sampler not in self.samplers:
+            fitted = ", ".join(["prior", *self.samplers]) if self.samplers else "only the prior"
+            raise ValueError(
+                f"this model has no {sampler!r} sampler (it has {fitted}); `vaekit fit` fits one at the end of "
+                "training (--posthoc.components), or use --sampler prior"
+            )
+        return self.samplers[sampler].sample(num, temperature)
+
+    def restore_samplers(self, state: dict[str, Tensor]) -> None:
+        """Create the post-hoc samplers a saved state holds, shaped from it, before the state is loaded."""
+        for name in sorted({key.split(".")[1] for key in state if key.startswith("samplers.")}):
+            if name not in SAMPLERS:
+                raise ValueError(f"unknown sampler {name!r} in the saved weights; known: {sorted(SAMPLERS)}")
+            components, latent_dim = state[f"samplers.{name}.means"].shape
+            self.samplers[name] = SAMPLERS[name](components, latent_dim)
 
     @staticmethod
     def interpolate_latents(z_a: Tensor, z_b: Tensor, steps: int) -> Tensor:

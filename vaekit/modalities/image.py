@@ -18,7 +18,7 @@ from torch import Tensor
 
 from vaekit.core.data import VAEDataModule
 from vaekit.core.io import atomic_path
-from vaekit.core.likelihoods import Bernoulli, Gaussian
+from vaekit.core.likelihoods import Bernoulli, DiscretizedLogistic, Gaussian, Likelihood
 from vaekit.core.module import VAE, Batch, bits_per_dim
 from vaekit.core.networks import ConvDecoder, ConvEncoder
 from vaekit.core.storage import ROW, SPLIT_FOLDERS, Rows, Split, file_stats, fingerprint, scan_folder, walk_files
@@ -275,8 +275,10 @@ class ImageDataModule(VAEDataModule):
 class ImageVAE(VAE):
     """Convolutional VAE for images of any size divisible by ``2 ** len(channels)``.
 
-    ``likelihood``: ``bernoulli`` for binarised data (logits out), ``gaussian`` for continuous
-    pixel values in [0, 1] (a learned per-channel scale unless ``gaussian_scale`` fixes it).
+    ``likelihood``: ``bernoulli`` for binarised data (logits out); ``discretized_logistic`` for 8-bit
+    grey or colour images as they are (a mixture of ``logistic_mixtures`` logistics per pixel, NLL in
+    comparable bits/dim); ``gaussian`` for continuous pixel values in [0, 1] (a learned per-channel scale
+    unless ``gaussian_scale`` fixes it).
     ``channels_last`` runs the convolutions in NHWC layout: measured faster on CPU (docs/benchmarks.md)
     and the layout tensor cores prefer.
     """
@@ -290,8 +292,9 @@ class ImageVAE(VAE):
         channels: list[int] = [32, 64],  # noqa: B006 - jsonargparse needs a literal default
         blocks_per_stage: int = 1,
         hidden: int = 512,
-        likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
+        likelihood: Literal["bernoulli", "discretized_logistic", "gaussian"] = "bernoulli",
         gaussian_scale: float | None = None,
+        logistic_mixtures: int = 1,
         channels_last: bool = True,
         **core: Any,
     ) -> None:
@@ -306,14 +309,27 @@ class ImageVAE(VAE):
                 f"use sizes divisible by {scale} (--data.image_size) or fewer --model.channels"
             )
         if hp.likelihood == "bernoulli" and not spec.binarized:
-            raise ValueError("the Bernoulli likelihood needs binary data: set --data.binarize true, or use gaussian")
+            raise ValueError(
+                "the Bernoulli likelihood needs binary data: set --data.binarize true, or use discretized_logistic"
+            )
+        if hp.likelihood == "discretized_logistic" and spec.binarized:
+            raise ValueError("the discretised logistic models 8-bit images: set --data.binarize false")
+        self.likelihood = self._likelihood(spec)
+        outputs = spec.channels * getattr(self.likelihood, "params_per_channel", 1)
         size, stages = (spec.height, spec.width), list(hp.channels)
         self.encoder = ConvEncoder(spec.channels, size, stages, hp.blocks_per_stage, hp.hidden, hp.latent_dim)
-        self.decoder = ConvDecoder(spec.channels, size, stages, hp.blocks_per_stage, hp.hidden, hp.latent_dim)
-        self.likelihood = Bernoulli() if hp.likelihood == "bernoulli" else Gaussian(spec.channels, hp.gaussian_scale)
+        self.decoder = ConvDecoder(outputs, size, stages, hp.blocks_per_stage, hp.hidden, hp.latent_dim)
         if hp.channels_last:
             self.encoder.to(memory_format=torch.channels_last)
             self.decoder.to(memory_format=torch.channels_last)
+
+    def _likelihood(self, spec: ImageSpec) -> Likelihood:
+        hp = self.hparams
+        if hp.likelihood == "bernoulli":
+            return Bernoulli()
+        if hp.likelihood == "discretized_logistic":
+            return DiscretizedLogistic(spec.channels, hp.logistic_mixtures)
+        return Gaussian(spec.channels, hp.gaussian_scale)
 
     def encode_params(self, batch: Batch) -> tuple[Tensor, Tensor]:
         x = batch["x"]
@@ -335,7 +351,7 @@ class ImageVAE(VAE):
         return torch.zeros(2, self.spec.channels, self.spec.height, self.spec.width, device=self.device)
 
     def generate(self, z: Tensor, **options: Any) -> Tensor:
-        """Images in [0, 1]: the likelihood's mean (Bernoulli probabilities or Gaussian mean)."""
+        """Images in [0, 1]: the likelihood's mean (Bernoulli probabilities, the logistics' or Gaussian mean)."""
         return self.likelihood.mean(self.decoder(z)).clamp(0, 1)
 
     def log_media(self, writer: Any, tag: str, data: Tensor, step: int) -> None:
