@@ -15,6 +15,7 @@ from pytorch_lightning.utilities.model_summary import get_human_readable_count
 
 from vaekit.core.module import VAE
 from vaekit.core.samplers import GaussianMixtureSampler
+from vaekit.core.storage import split_batches
 
 
 @dataclass
@@ -71,18 +72,15 @@ class WriteSamples(pl.Callback):
         rank_zero_info(f"samples written to {out_dir} ({len(paths)} files)")
 
 
-def posterior_means(pl_module: VAE, datamodule: Any, split: str, max_examples: int, seed: int = 0) -> torch.Tensor:
-    """E_q[z|x] of (a seeded random choice of at most ``max_examples``) examples of ``split``, in eval mode."""
-    count = len(datamodule.split(split))
-    chosen = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:max_examples].sort().values
+def posterior_means(pl_module: VAE, datamodule: Any, split: str, max_examples: int) -> torch.Tensor:
+    """E_q[z|x] of at most ``max_examples`` examples of ``split`` (a seeded random choice), in eval mode."""
     was_training = pl_module.training
     pl_module.eval()
     means = []
     with torch.no_grad():
-        for chunk in chosen.split(256):
-            batch = datamodule.examples(split, chunk.tolist())
-            batch = datamodule.on_after_batch_transfer({k: v.to(pl_module.device) for k, v in batch.items()}, 0)
-            means.append(pl_module.posterior(batch).mean)
+        for batch in split_batches(datamodule.subset(split, max_examples), 256):
+            batch = {k: v.to(pl_module.device) for k, v in datamodule.collate(batch, split).items()}
+            means.append(pl_module.posterior(datamodule.on_after_batch_transfer(batch, 0)).mean)
     pl_module.train(was_training)
     return torch.cat(means)
 
@@ -99,7 +97,7 @@ class FitSampler(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: VAE) -> None:
         if self.components <= 0 or trainer.interrupted or trainer.datamodule is None:
             return
-        codes = posterior_means(pl_module, trainer.datamodule, "train", self.max_examples, self.seed)
+        codes = posterior_means(pl_module, trainer.datamodule, "train", self.max_examples)
         sampler = GaussianMixtureSampler.fit(codes, self.components, self.seed)
         pl_module.samplers["gmm"] = sampler.to(pl_module.device)
         # Every rank fitted the same mixture (same data, same seed); saving is collective, so agree on the file.

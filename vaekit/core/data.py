@@ -215,17 +215,18 @@ class VAEDataModule(pl.LightningDataModule):
         self.splits = self.place(splits)
         self.filter_labels()
         if self.spec is None:
-            self.spec = self.make_spec(self.spec_sample(self.splits["train"]))
+            self.spec = self.make_spec(self.subset("train", self.SPEC_EXAMPLES))
 
-    def spec_sample(self, train: Split) -> Split:
-        """What the spec (sizes, statistics) is computed from: at most ``SPEC_EXAMPLES`` training examples, a
-        seeded random choice (a stream's first ones), so a spec costs the same for any size of data."""
-        if isinstance(train, StreamSplit):
-            return train.head(self.SPEC_EXAMPLES)
-        if len(train) <= self.SPEC_EXAMPLES:
-            return train
-        chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.hparams.seed))
-        return train.select(chosen[: self.SPEC_EXAMPLES].sort().values)
+    def subset(self, name: str, count: int) -> Split:
+        """At most ``count`` examples of a split, a seeded random choice in the split's order (a stream's first
+        ones): what statistics over a split read, so they cost the same for any size of data."""
+        split = self.split(name)
+        if isinstance(split, StreamSplit):
+            return split.head(count)
+        if len(split) <= count:
+            return split
+        chosen = torch.randperm(len(split), generator=torch.Generator().manual_seed(self.hparams.seed))
+        return split.select(chosen[:count].sort().values)
 
     def store(self, name: str, value: Rows | dict[str, Tensor]) -> Split:
         """A plugin's split as a ``Split``: tensors as they are; ``Rows`` decoded into (or found in) the cache."""
