@@ -16,6 +16,7 @@ from vaekit.checkpoint import load_datamodule, load_model
 from vaekit.core.distributions import DiagonalGaussian, MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
 from vaekit.core.likelihoods import DiscretizedLogistic
 from vaekit.core.samplers import GaussianMixtureSampler
+from vaekit.modalities.image import ImageVAE
 from vaekit.modalities.text import TextDataModule, TextVAE
 
 TINY_IMAGE = "configs/image/tiny.yaml"
@@ -215,3 +216,13 @@ def test_fit_stores_a_gmm_sampler_that_fits_the_codes_better_than_the_prior(tmp_
     vaekit(*fit_args(TINY_IMAGE, tmp_path, "--ckpt_path", ckpt, "--trainer.max_epochs", "4", "--samples.num", "0",
                      "--posthoc.components", "3"))  # fmt: skip
     assert load_model(ckpt)[0].samplers["gmm"].means.shape == (3, 8)
+
+
+def test_a_saved_state_with_a_strange_sampler_is_refused_by_name() -> None:
+    model = ImageVAE(latent_dim=4)  # unbuilt: the check runs before any network is needed
+    with pytest.raises(ValueError, match="unknown or incomplete sampler 'evil'"):
+        model.restore_samplers({"samplers.evil.means": torch.zeros(2, 4)})
+    with pytest.raises(ValueError, match="incomplete sampler 'gmm'"):
+        model.restore_samplers({"samplers.gmm.weights": torch.ones(2)})
+    model.restore_samplers({"samplers.gmm.means": torch.zeros(3, 4)})
+    assert model.samplers["gmm"].scale_tril.shape == (3, 4, 4)

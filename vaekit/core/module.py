@@ -477,10 +477,13 @@ class VAE(pl.LightningModule):
     def restore_samplers(self, state: dict[str, Tensor]) -> None:
         """Create the post-hoc samplers a saved state holds, shaped from it, before the state is loaded."""
         for name in sorted({key.split(".")[1] for key in state if key.startswith("samplers.")}):
-            if name not in SAMPLERS:
-                raise ValueError(f"unknown sampler {name!r} in the saved weights; known: {sorted(SAMPLERS)}")
-            components, latent_dim = state[f"samplers.{name}.means"].shape
-            self.samplers[name] = SAMPLERS[name](components, latent_dim)
+            means = state.get(f"samplers.{name}.means")
+            if name not in SAMPLERS or means is None or means.dim() != 2:
+                raise ValueError(
+                    f"the saved weights hold an unknown or incomplete sampler {name!r} (known: {sorted(SAMPLERS)}); "
+                    "the file was altered or comes from a newer vaekit"
+                )
+            self.samplers[name] = SAMPLERS[name](*means.shape)
 
     @staticmethod
     def interpolate_latents(z_a: Tensor, z_b: Tensor, steps: int) -> Tensor:

@@ -135,9 +135,9 @@ class ArrayColumn:
 @dataclass(frozen=True)
 class _OpenedCache:
     """One cache file as this process sees it: the Arrow table over a read-only mapping (its metadata, offsets
-    and number columns are read from there), the file descriptor the rows are read with, how array columns
-    read back, and (filled on first use) per column where each chunk starts, its offsets and its data's
-    place in the file."""
+    and number columns are read from there), the open file the rows are read from, how array columns read
+    back, and (filled on first use) per column where each chunk starts, its offsets and its data's place in
+    the file."""
 
     table: Any
     file: Any  # open for the life of the process, like the mapping
@@ -164,9 +164,9 @@ def _open_cache(folder: Path) -> _OpenedCache:
 class ArrowSplit(torch.utils.data.Dataset):
     """Examples in a memory-mapped Arrow cache; a batch reads only its own rows.
 
-    Pickles as its path, so data-loader workers and DDP ranks map the same file (the page cache is shared).
-    Number columns (labels, lengths) are read whole; array columns are gathered per batch from zero-copy
-    views of the Arrow buffers.
+    Pickles as its path, so data-loader workers and DDP ranks open the same file (the page cache is shared).
+    Number columns (labels, lengths) are read whole; array columns are read per batch, row by row, at the
+    offsets the mapped Arrow table gives.
     """
 
     def __init__(self, folder: Path, rows: np.ndarray | None = None) -> None:
