@@ -1,0 +1,154 @@
+"""Sample quality as a number: samples scored by a small domain classifier this script trains and caches.
+
+MNIST (done): a 2-layer CNN digit classifier (trained here once, on the MNIST training images, cached under
+``benchmarks/results/classifiers``) scores samples by
+
+- the Inception Score, exp E_x KL(p(y|x) || p(y)): high when each sample is one clear digit and the digits
+  are spread over the classes (10 at most);
+- the Fréchet distance between Gaussians fitted to the classifier's 128-d penultimate features of the
+  samples and of real test images (FID's formula with this classifier in Inception's place);
+- the class histogram's largest/smallest count ratio (1 for a uniform spread).
+
+Real held-out data go through the same scorer beside every figure (the test images' IS; the Fréchet distance
+between 10,000 training and the test images). FSDD and PTB scorers (issue #8) are not written yet.
+
+    python -m benchmarks.sample_quality mnist runs/a/checkpoints/last.ckpt ... --samplers prior gmm --num 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from vaekit.checkpoint import load_model
+from vaekit.modalities.image import read_idx
+
+CACHE = Path("benchmarks/results/classifiers")
+
+
+class DigitClassifier(nn.Module):
+    """Two conv layers and a 128-d feature layer: ~99% test accuracy after two epochs on a CPU."""
+
+    num_features = 128
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * 5 * 5, self.num_features), nn.ReLU(),
+        )  # fmt: skip
+        self.head = nn.Linear(self.num_features, 10)
+
+    def features(self, images: Tensor) -> Tensor:
+        return self.body(images)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.features(images))
+
+
+def mnist_images(folder: Path, split: str) -> tuple[Tensor, Tensor]:
+    stem = "train" if split == "train" else "t10k"
+    images = torch.from_numpy(read_idx(folder, f"{stem}-images-idx3-ubyte", 2051).copy()).unsqueeze(1).float() / 255
+    labels = torch.from_numpy(read_idx(folder, f"{stem}-labels-idx1-ubyte", 2049).astype("int64"))
+    return images, labels
+
+
+def digit_classifier(folder: Path, epochs: int = 2) -> DigitClassifier:
+    """Trained once and cached (weights only)."""
+    classifier = DigitClassifier()
+    path = CACHE / "mnist_digits.pt"
+    if path.exists():
+        classifier.load_state_dict(torch.load(path, weights_only=True))
+        return classifier.eval()
+    images, labels = mnist_images(folder, "train")
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(images), generator=generator).split(128):
+            loss = nn.functional.cross_entropy(classifier(images[batch]), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    test, test_labels = mnist_images(folder, "test")
+    with torch.no_grad():
+        accuracy = (classifier.eval()(test).argmax(1) == test_labels).float().mean().item()
+    print(f"digit classifier: test accuracy {accuracy:.4f}")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    torch.save(classifier.state_dict(), path)
+    return classifier
+
+
+def inception_score(logits: Tensor) -> float:
+    log_p = torch.log_softmax(logits, dim=1)
+    log_marginal = torch.logsumexp(log_p, dim=0) - torch.log(torch.tensor(float(len(logits))))
+    return float(torch.exp((log_p.exp() * (log_p - log_marginal)).sum(1).mean()))
+
+
+def frechet_distance(a: Tensor, b: Tensor) -> float:
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^1/2) between Gaussians fitted to two feature sets."""
+    a, b = a.double(), b.double()
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    root_trace = torch.linalg.eigvals(cov_a @ cov_b).sqrt().real.sum()
+    return float((a.mean(0) - b.mean(0)).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * root_trace)
+
+
+def score(classifier: DigitClassifier, images: Tensor, reference: Tensor) -> dict[str, float]:
+    """IS, the Fréchet distance to ``reference`` and the class spread of ``images`` (N, 1, 28, 28) in [0, 1]."""
+    with torch.no_grad():
+        features = torch.cat([classifier.features(chunk) for chunk in images.split(1000)])
+        reference_features = torch.cat([classifier.features(chunk) for chunk in reference.split(1000)])
+        logits = classifier.head(features)
+    counts = torch.bincount(logits.argmax(1), minlength=10).float()
+    return {
+        "inception_score": inception_score(logits),
+        "frechet_distance": frechet_distance(features, reference_features),
+        "class_ratio": float(counts.max() / counts.min().clamp(min=1)),
+    }
+
+
+def mnist(args: argparse.Namespace) -> dict:
+    folder = Path(args.data)
+    classifier = digit_classifier(folder)
+    test, _ = mnist_images(folder, "test")
+    train, _ = mnist_images(folder, "train")
+    results = {"real held-out (test images; FD against 10k training images)": score(classifier, test, train[:10000])}
+    for ckpt in args.ckpt:
+        model, _ = load_model(ckpt)
+        for sampler in args.samplers:
+            torch.manual_seed(0)
+            start = time.perf_counter()
+            with torch.no_grad():
+                z = model.sample_latents(args.num, 1.0, sampler)
+                images = torch.cat([model.generate(chunk) for chunk in z.split(500)])
+            row = score(classifier, images, test)
+            row["seconds"] = time.perf_counter() - start
+            results[f"{ckpt} --sampler {sampler}"] = row
+            print(json.dumps({f"{ckpt} {sampler}": row}), flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", choices=["mnist"])
+    parser.add_argument("ckpt", nargs="*", help="models to score (checkpoints or exported folders)")
+    parser.add_argument("--data", default="../shared/data/mnist")
+    parser.add_argument("--samplers", nargs="+", default=["prior", "gmm"])
+    parser.add_argument("--num", type=int, default=5000)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    results = mnist(args)
+    print("| samples | IS | Fréchet distance | class max/min |\n|---|---|---|---|")
+    for name, row in results.items():
+        print(f"| {name} | {row['inception_score']:.2f} | {row['frechet_distance']:.2f} | {row['class_ratio']:.2f} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
