@@ -115,10 +115,6 @@ class TensorSplit(torch.utils.data.Dataset):
     def select(self, indices: Sequence[int] | Tensor) -> TensorSplit:
         return TensorSplit(self.take(indices))
 
-    @property
-    def nbytes(self) -> int:
-        return sum(v.nelement() * v.element_size() for v in self.columns.values())
-
 
 # --------------------------------------------------------------------------- on disk
 
