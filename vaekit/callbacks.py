@@ -104,7 +104,7 @@ class FitSampler(pl.Callback):
         lasts = {Path(c.dirpath) / "last.ckpt" for c in trainer.checkpoint_callbacks if c.dirpath}
         for last in sorted(lasts):
             if trainer.strategy.broadcast(last.exists()):
-                trainer.save_checkpoint(last)
+                trainer.save_checkpoint(last, weights_only=False)  # a full checkpoint: resuming from it works
         rank_zero_info(
             f"fitted a {sampler.means.shape[0]}-component Gaussian mixture to the training codes: "
             "`vaekit sample MODEL --sampler gmm` draws from it"

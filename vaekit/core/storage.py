@@ -368,8 +368,7 @@ def write_cache(folder: Path, rows: Rows, desc: str, skipped: list[str]) -> None
             chunk.clear()
 
         count = 0
-        small = rows.count is not None and rows.count < 5000
-        items = tqdm(rows.items, total=rows.count, desc=desc, unit="item", disable=small)
+        items = tqdm(rows.items, total=rows.count, desc=desc, unit="item", delay=2.0)  # shown if it takes a while
         for item in items:
             for example in rows.decode(item):
                 if writer is None:
