@@ -10,9 +10,15 @@ MNIST (done): a 2-layer CNN digit classifier (trained here once, on the MNIST tr
 - the class histogram's largest/smallest count ratio (1 for a uniform spread).
 
 Real held-out data go through the same scorer beside every figure (the test images' IS; the Fréchet distance
-between 10,000 training and the test images). FSDD and PTB scorers (issue #8) are not written yet.
+between 10,000 training and the test images).
+
+FSDD: the same three figures from a spoken-digit classifier on level-normalised log-mel spectrograms (trained
+on the recipe's training speakers), plus loudness: the level of each clip's loudest 32 ms in dB, averaged, for samples and real clips.
+The held-out speaker's clips are the real reference for the Fréchet distance; the training speakers' level is
+the one samples should match (the held-out FSDD speaker speaks 16 dB softer). The PTB scorer (issue #8) is not written yet.
 
     python -m benchmarks.sample_quality mnist runs/a/checkpoints/last.ckpt ... --samplers prior gmm --num 5000
+    python -m benchmarks.sample_quality fsdd runs/f/checkpoints/last.ckpt --data ../shared/data/fsdd/recordings
 """
 
 from __future__ import annotations
@@ -133,19 +139,106 @@ def mnist(args: argparse.Namespace) -> dict:
     return results
 
 
+class SpokenDigitClassifier(DigitClassifier):
+    """The digit classifier's layout over log-mels (1, 64 mels, 97 frames), each scaled to its own peak, so
+    loudness is measured separately rather than learned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body[7] = nn.Linear(64 * 14 * 22, self.num_features)
+        import torchaudio
+
+        self.mel = torchaudio.transforms.MelSpectrogram(8000, n_fft=256, hop_length=64, n_mels=64)
+
+    def features(self, waveforms: Tensor) -> Tensor:
+        log_mel = torch.log(self.mel(waveforms) + 1e-5)
+        log_mel = log_mel - log_mel.amax(dim=(1, 2), keepdim=True)  # 0 at the loudest cell: level-free
+        return self.body(log_mel.clamp(min=-12).unsqueeze(1) / 12)
+
+
+def fsdd_clips(folder: Path) -> dict[str, tuple[Tensor, Tensor]]:
+    """The FSDD recipe's splits (its held-out speakers) as 0.768 s waveforms and labels."""
+    from vaekit.cli import build_cli
+
+    cli = build_cli(["--config", "configs/audio/fsdd.yaml", "--data.root", str(folder)], run=False)
+    cli.datamodule.setup("fit")
+    return {name: (split["x"], split["label"]) for name, split in cli.datamodule.splits.items()}
+
+
+def spoken_digit_classifier(clips: dict[str, tuple[Tensor, Tensor]], epochs: int = 8) -> SpokenDigitClassifier:
+    classifier = SpokenDigitClassifier()
+    path = CACHE / "fsdd_digits.pt"
+    if path.exists():
+        classifier.load_state_dict(torch.load(path, weights_only=True))
+        return classifier.eval()
+    waves, labels = clips["train"]
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(waves), generator=generator).split(64):
+            loss = nn.functional.cross_entropy(classifier(waves[batch]), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    test, test_labels = clips["test"]
+    with torch.no_grad():
+        accuracy = (classifier.eval()(test).argmax(1) == test_labels).float().mean().item()
+    print(f"spoken-digit classifier: accuracy {accuracy:.4f} on the held-out speaker")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    torch.save(classifier.state_dict(), path)
+    return classifier
+
+
+def level_db(waveforms: Tensor) -> float:
+    """How loud the speech is: each clip's loudest 32 ms (RMS, dB re full scale), averaged over clips. Whole-clip
+    RMS would also count the silence after a short word (zeros in real clips, a noise floor in samples)."""
+    frames = waveforms.unfold(1, 256, 128).pow(2).mean(-1).sqrt()
+    return float((20 * torch.log10(frames.amax(1).clamp(min=1e-8))).mean())
+
+
+def fsdd(args: argparse.Namespace) -> dict:
+    clips = fsdd_clips(Path(args.data))
+    classifier = spoken_digit_classifier(clips)
+    test = clips["test"][0]
+    real = score(classifier, test, clips["train"][0])
+    train = clips["train"][0]
+    results = {
+        "real held-out speaker (FD against the training speakers)": {**real, "level_db": level_db(test)},
+        "real training speakers (FD against the held-out speaker)": {
+            **score(classifier, train, test),
+            "level_db": level_db(train),
+        },
+    }
+    for ckpt in args.ckpt:
+        model, _ = load_model(ckpt)
+        for sampler in args.samplers:
+            torch.manual_seed(0)
+            with torch.no_grad():
+                z = model.sample_latents(args.num, 1.0, sampler)
+                waves = torch.cat([model.generate(chunk) for chunk in z.split(100)])
+            row = {**score(classifier, waves, test), "level_db": level_db(waves)}
+            results[f"{ckpt} --sampler {sampler}"] = row
+            print(json.dumps({f"{ckpt} {sampler}": row}), flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=["mnist"])
+    parser.add_argument("dataset", choices=["mnist", "fsdd"])
     parser.add_argument("ckpt", nargs="*", help="models to score (checkpoints or exported folders)")
-    parser.add_argument("--data", default="../shared/data/mnist")
+    parser.add_argument("--data", help="default: ../shared/data/mnist or ../shared/data/fsdd/recordings")
     parser.add_argument("--samplers", nargs="+", default=["prior", "gmm"])
     parser.add_argument("--num", type=int, default=5000)
     parser.add_argument("--out")
     args = parser.parse_args()
-    results = mnist(args)
-    print("| samples | IS | Fréchet distance | class max/min |\n|---|---|---|---|")
+    args.data = args.data or {"mnist": "../shared/data/mnist", "fsdd": "../shared/data/fsdd/recordings"}[args.dataset]
+    results = mnist(args) if args.dataset == "mnist" else fsdd(args)
+    print("| samples | IS | Fréchet distance | class max/min | level dB |\n|---|---|---|---|---|")
     for name, row in results.items():
-        print(f"| {name} | {row['inception_score']:.2f} | {row['frechet_distance']:.2f} | {row['class_ratio']:.2f} |")
+        level = f"{row['level_db']:.1f}" if "level_db" in row else ""
+        print(
+            f"| {name} | {row['inception_score']:.2f} | {row['frechet_distance']:.2f} | {row['class_ratio']:.2f} | {level} |"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
 
