@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -65,26 +65,31 @@ def mnist_images(folder: Path, split: str) -> tuple[Tensor, Tensor]:
     return images, labels
 
 
-def digit_classifier(folder: Path, epochs: int = 2) -> DigitClassifier:
-    """Trained once and cached (weights only)."""
-    classifier = DigitClassifier()
-    path = CACHE / "mnist_digits.pt"
+def cached_classifier(
+    classifier: DigitClassifier,
+    name: str,
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    epochs: int,
+    batch_size: int,
+) -> DigitClassifier:
+    """Trained once on ``train`` (inputs, labels), then cached (weights only); prints its accuracy on ``test``."""
+    path = CACHE / f"{name}.pt"
     if path.exists():
         classifier.load_state_dict(torch.load(path, weights_only=True))
         return classifier.eval()
-    images, labels = mnist_images(folder, "train")
+    inputs, labels = train
     optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
     for _ in range(epochs):
-        for batch in torch.randperm(len(images), generator=generator).split(128):
-            loss = nn.functional.cross_entropy(classifier(images[batch]), labels[batch])
+        for batch in torch.randperm(len(inputs), generator=generator).split(batch_size):
+            loss = nn.functional.cross_entropy(classifier(inputs[batch]), labels[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    test, test_labels = mnist_images(folder, "test")
     with torch.no_grad():
-        accuracy = (classifier.eval()(test).argmax(1) == test_labels).float().mean().item()
-    print(f"digit classifier: test accuracy {accuracy:.4f}")
+        accuracy = (classifier.eval()(test[0]).argmax(1) == test[1]).float().mean().item()
+    print(f"{name} classifier: accuracy {accuracy:.4f} on held-out data")
     CACHE.mkdir(parents=True, exist_ok=True)
     torch.save(classifier.state_dict(), path)
     return classifier
@@ -118,25 +123,34 @@ def score(classifier: DigitClassifier, images: Tensor, reference: Tensor) -> dic
     }
 
 
-def mnist(args: argparse.Namespace) -> dict:
-    folder = Path(args.data)
-    classifier = digit_classifier(folder)
-    test, _ = mnist_images(folder, "test")
-    train, _ = mnist_images(folder, "train")
-    results = {"real held-out (test images; FD against 10k training images)": score(classifier, test, train[:10000])}
+def score_samples(
+    args: argparse.Namespace, classifier: DigitClassifier, reference: Tensor, extra: Any = None
+) -> dict[str, dict[str, float]]:
+    """Each model's ``args.num`` samples from each of ``args.samplers``, scored against ``reference`` (plus
+    ``extra(samples)``'s figures)."""
+    results = {}
     for ckpt in args.ckpt:
         model, _ = load_model(ckpt)
         for sampler in args.samplers:
             torch.manual_seed(0)
-            start = time.perf_counter()
             with torch.no_grad():
                 z = model.sample_latents(args.num, 1.0, sampler)
-                images = torch.cat([model.generate(chunk) for chunk in z.split(500)])
-            row = score(classifier, images, test)
-            row["seconds"] = time.perf_counter() - start
+                samples = torch.cat([model.generate(chunk) for chunk in z.split(100)])
+            row = {**score(classifier, samples, reference), **(extra(samples) if extra else {})}
             results[f"{ckpt} --sampler {sampler}"] = row
             print(json.dumps({f"{ckpt} {sampler}": row}), flush=True)
     return results
+
+
+def mnist(args: argparse.Namespace) -> dict:
+    folder = Path(args.data)
+    train, test = mnist_images(folder, "train"), mnist_images(folder, "test")
+    classifier = cached_classifier(DigitClassifier(), "mnist_digits", train, test, epochs=2, batch_size=128)
+    real = score(classifier, test[0], train[0][:10000])
+    return {
+        "real held-out (test images; FD against 10k training images)": real,
+        **score_samples(args, classifier, test[0]),
+    }
 
 
 class SpokenDigitClassifier(DigitClassifier):
@@ -165,30 +179,6 @@ def fsdd_clips(folder: Path) -> dict[str, tuple[Tensor, Tensor]]:
     return {name: (split["x"], split["label"]) for name, split in cli.datamodule.splits.items()}
 
 
-def spoken_digit_classifier(clips: dict[str, tuple[Tensor, Tensor]], epochs: int = 8) -> SpokenDigitClassifier:
-    classifier = SpokenDigitClassifier()
-    path = CACHE / "fsdd_digits.pt"
-    if path.exists():
-        classifier.load_state_dict(torch.load(path, weights_only=True))
-        return classifier.eval()
-    waves, labels = clips["train"]
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        for batch in torch.randperm(len(waves), generator=generator).split(64):
-            loss = nn.functional.cross_entropy(classifier(waves[batch]), labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    test, test_labels = clips["test"]
-    with torch.no_grad():
-        accuracy = (classifier.eval()(test).argmax(1) == test_labels).float().mean().item()
-    print(f"spoken-digit classifier: accuracy {accuracy:.4f} on the held-out speaker")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    torch.save(classifier.state_dict(), path)
-    return classifier
-
-
 def level_db(waveforms: Tensor) -> float:
     """How loud the speech is: each clip's loudest 32 ms (RMS, dB re full scale), averaged over clips. Whole-clip
     RMS would also count the silence after a short word (zeros in real clips, a noise floor in samples)."""
@@ -198,28 +188,21 @@ def level_db(waveforms: Tensor) -> float:
 
 def fsdd(args: argparse.Namespace) -> dict:
     clips = fsdd_clips(Path(args.data))
-    classifier = spoken_digit_classifier(clips)
-    test = clips["test"][0]
-    real = score(classifier, test, clips["train"][0])
-    train = clips["train"][0]
-    results = {
-        "real held-out speaker (FD against the training speakers)": {**real, "level_db": level_db(test)},
+    classifier = cached_classifier(
+        SpokenDigitClassifier(), "fsdd_digits", clips["train"], clips["test"], epochs=8, batch_size=64
+    )
+    (train, _), (test, _) = clips["train"], clips["test"]
+    return {
+        "real held-out speaker (FD against the training speakers)": {
+            **score(classifier, test, train),
+            "level_db": level_db(test),
+        },
         "real training speakers (FD against the held-out speaker)": {
             **score(classifier, train, test),
             "level_db": level_db(train),
         },
+        **score_samples(args, classifier, test, lambda waves: {"level_db": level_db(waves)}),
     }
-    for ckpt in args.ckpt:
-        model, _ = load_model(ckpt)
-        for sampler in args.samplers:
-            torch.manual_seed(0)
-            with torch.no_grad():
-                z = model.sample_latents(args.num, 1.0, sampler)
-                waves = torch.cat([model.generate(chunk) for chunk in z.split(100)])
-            row = {**score(classifier, waves, test), "level_db": level_db(waves)}
-            results[f"{ckpt} --sampler {sampler}"] = row
-            print(json.dumps({f"{ckpt} {sampler}": row}), flush=True)
-    return results
 
 
 def main() -> None:
