@@ -13,18 +13,25 @@ Real held-out data go through the same scorer beside every figure (the test imag
 between 10,000 training and the test images).
 
 FSDD: the same three figures from a spoken-digit classifier on level-normalised log-mel spectrograms (trained
-on the recipe's training speakers), plus loudness: the level of each clip's loudest 32 ms in dB, averaged, for samples and real clips.
+on the recipe's training speakers), plus loudness: the level of each clip's loudest 32 ms in dB, averaged, for samples
+and real clips, and the share of near-silent clips (loudest 32 ms under -45 dB).
 The held-out speaker's clips are the real reference for the Fréchet distance; the training speakers' level is
-the one samples should match (the held-out FSDD speaker speaks 16 dB softer). The PTB scorer (issue #8) is not written yet.
+the one samples should match (the held-out FSDD speaker speaks 16 dB softer).
+
+PTB: a GRU language model (trained here once on the training sentences, cached) gives the perplexity of the
+samples, beside its perplexity on as many real test sentences; distinct-1/2 (unique n-grams over all n-grams
+of the set) and the share of duplicate sentences are computed on sets of the same size, since both depend on it.
 
     python -m benchmarks.sample_quality mnist runs/a/checkpoints/last.ckpt ... --samplers prior gmm --num 5000
     python -m benchmarks.sample_quality fsdd runs/f/checkpoints/last.ckpt --data ../shared/data/fsdd/recordings
+    python -m benchmarks.sample_quality ptb runs/p/checkpoints/last.ckpt --data ../shared/data/ptb --num 1000
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -179,11 +186,13 @@ def fsdd_clips(folder: Path) -> dict[str, tuple[Tensor, Tensor]]:
     return {name: (split["x"], split["label"]) for name, split in cli.datamodule.splits.items()}
 
 
-def level_db(waveforms: Tensor) -> float:
-    """How loud the speech is: each clip's loudest 32 ms (RMS, dB re full scale), averaged over clips. Whole-clip
-    RMS would also count the silence after a short word (zeros in real clips, a noise floor in samples)."""
+def loudness(waveforms: Tensor) -> dict[str, float]:
+    """How loud the speech is: each clip's loudest 32 ms (RMS, dB re full scale), averaged over clips, and the
+    share of near-silent clips (loudest 32 ms under -45 dB). Whole-clip RMS would also count the silence after
+    a short word (zeros in real clips, a noise floor in samples)."""
     frames = waveforms.unfold(1, 256, 128).pow(2).mean(-1).sqrt()
-    return float((20 * torch.log10(frames.amax(1).clamp(min=1e-8))).mean())
+    peaks = 20 * torch.log10(frames.amax(1).clamp(min=1e-8))
+    return {"level_db": float(peaks.mean()), "quiet_share": float((peaks < -45).float().mean())}
 
 
 def fsdd(args: argparse.Namespace) -> dict:
@@ -195,33 +204,158 @@ def fsdd(args: argparse.Namespace) -> dict:
     return {
         "real held-out speaker (FD against the training speakers)": {
             **score(classifier, test, train),
-            "level_db": level_db(test),
+            **loudness(test),
         },
         "real training speakers (FD against the held-out speaker)": {
             **score(classifier, train, test),
-            "level_db": level_db(train),
+            **loudness(train),
         },
-        **score_samples(args, classifier, test, lambda waves: {"level_db": level_db(waves)}),
+        **score_samples(args, classifier, test, loudness),
     }
+
+
+class WordLM(nn.Module):
+    """The scorer for sentences: a one-layer GRU word LM with an adaptive softmax (test PPL about 145 on PTB after its 3 epochs)."""
+
+    def __init__(self, vocab: int, width: int = 256) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.rnn = nn.GRU(width, width, batch_first=True)
+        self.out = nn.AdaptiveLogSoftmaxWithLoss(width, vocab, [2000], div_value=4.0)
+
+    def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """Summed log-probability of each padded sentence (BOS ... EOS) after its BOS."""
+        features, _ = self.rnn(self.embed(ids[:, :-1]))
+        real = torch.arange(ids.shape[1] - 1) < (lengths - 1)[:, None]
+        per_token = features.new_zeros(real.shape)
+        per_token[real] = self.out(features[real], ids[:, 1:][real]).output
+        return per_token.sum(1)
+
+
+class Vocabulary:
+    """Words of the training split, most frequent first; BOS/EOS/unknown around them (PTB already says <unk>)."""
+
+    def __init__(self, sentences: list[str]) -> None:
+        from collections import Counter
+
+        counts = Counter(word for sentence in sentences for word in sentence.split())
+        self.words = ["<s>", "</s>", "<unk>", *(w for w, _ in counts.most_common() if w != "<unk>")]
+        self.index = {word: i for i, word in enumerate(self.words)}
+
+    def batch(self, sentences: list[str]) -> tuple[Tensor, Tensor]:
+        rows = [[0, *(self.index.get(w, 2) for w in s.split()), 1] for s in sentences]
+        lengths = torch.tensor([len(r) for r in rows])
+        ids = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+        return ids, lengths
+
+
+def lm_perplexity(lm: WordLM, vocab: Vocabulary, sentences: list[str]) -> float:
+    """exp(NLL per token, EOS counted): each sentence scored on its own."""
+    log_prob = tokens = 0.0
+    with torch.no_grad():
+        for start in range(0, len(sentences), 256):
+            ids, lengths = vocab.batch(sentences[start : start + 256])
+            log_prob += float(lm(ids, lengths).sum())
+            tokens += float((lengths - 1).sum())
+    return math.exp(-log_prob / tokens)
+
+
+def cached_lm(vocab: Vocabulary, train: list[str], valid: list[str], epochs: int = 3) -> WordLM:
+    path = CACHE / "ptb_lm.pt"
+    lm = WordLM(len(vocab.words))
+    if path.exists():
+        lm.load_state_dict(torch.load(path, weights_only=True))
+        return lm.eval()
+    optimizer = torch.optim.Adam(lm.parameters(), lr=2e-3)
+    generator = torch.Generator().manual_seed(0)
+    order = sorted(range(len(train)), key=lambda i: len(train[i].split()))  # length-bucketed batches
+    batches = [order[i : i + 64] for i in range(0, len(order), 64)]
+    for _ in range(epochs):
+        for b in torch.randperm(len(batches), generator=generator).tolist():
+            ids, lengths = vocab.batch([train[i] for i in batches[b]])
+            loss = -lm(ids, lengths).sum() / (lengths - 1).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+            optimizer.step()
+    print(f"ptb LM: validation perplexity {lm_perplexity(lm.eval(), vocab, valid):.1f}")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    torch.save(lm.state_dict(), path)
+    return lm
+
+
+def diversity(sentences: list[str]) -> dict[str, float]:
+    """distinct-1/2 over the whole set and the share of sentences that repeat an earlier one."""
+    words = [s.split() for s in sentences]
+    figures = {}
+    for n in (1, 2):
+        grams = [tuple(w[i : i + n]) for w in words for i in range(len(w) - n + 1)]
+        figures[f"distinct_{n}"] = len(set(grams)) / max(len(grams), 1)
+    figures["duplicates"] = 1 - len(set(sentences)) / len(sentences)
+    figures["mean_words"] = sum(map(len, words)) / len(words)
+    return figures
+
+
+def ptb(args: argparse.Namespace) -> dict:
+    folder = Path(args.data)
+    read = {name: [ln.strip() for ln in (folder / f"ptb.{name}.txt").read_text().splitlines() if ln.strip()]
+            for name in ("train", "valid", "test")}  # fmt: skip
+    vocab = Vocabulary(read["train"])
+    lm = cached_lm(vocab, read["train"], read["valid"])
+    real = [read["test"][i] for i in torch.randperm(len(read["test"]), generator=torch.Generator().manual_seed(0))]
+    real = real[: args.num]
+    results = {
+        "real held-out (test sentences, as many as samples)": {
+            "lm_perplexity": lm_perplexity(lm, vocab, real),
+            **diversity(real),
+        }
+    }
+    for ckpt in args.ckpt:
+        model, _ = load_model(ckpt)
+        for sampler in args.samplers:
+            torch.manual_seed(0)
+            with torch.no_grad():
+                z = model.sample_latents(args.num, 1.0, sampler)
+                samples = [text for chunk in z.split(250) for text in model.generate(chunk)]
+            row = {"lm_perplexity": lm_perplexity(lm, vocab, samples), **diversity(samples)}
+            row["examples"] = samples[:10]
+            results[f"{ckpt} --sampler {sampler}"] = row
+            print(json.dumps({f"{ckpt} {sampler}": row}), flush=True)
+    return results
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
+    if any("lm_perplexity" in row for row in results.values()):
+        print(
+            "| samples | LM perplexity | distinct-1 | distinct-2 | duplicates | words/sentence |\n|---|---|---|---|---|---|"
+        )
+        for name, row in results.items():
+            print(f"| {name} | {row['lm_perplexity']:.1f} | {row['distinct_1']:.3f} | {row['distinct_2']:.3f} "
+                  f"| {row['duplicates']:.3f} | {row['mean_words']:.1f} |")  # fmt: skip
+        return
+    print("| samples | IS | Fréchet distance | class max/min | level dB | near-silent |\n|---|---|---|---|---|---|")
+    for name, row in results.items():
+        level = f"{row['level_db']:.1f} | {row['quiet_share']:.3f}" if "level_db" in row else " | "
+        print(
+            f"| {name} | {row['inception_score']:.2f} | {row['frechet_distance']:.2f} | {row['class_ratio']:.2f} | {level} |"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=["mnist", "fsdd"])
+    parser.add_argument("dataset", choices=["mnist", "fsdd", "ptb"])
     parser.add_argument("ckpt", nargs="*", help="models to score (checkpoints or exported folders)")
     parser.add_argument("--data", help="default: ../shared/data/mnist or ../shared/data/fsdd/recordings")
     parser.add_argument("--samplers", nargs="+", default=["prior", "gmm"])
     parser.add_argument("--num", type=int, default=5000)
     parser.add_argument("--out")
     args = parser.parse_args()
-    args.data = args.data or {"mnist": "../shared/data/mnist", "fsdd": "../shared/data/fsdd/recordings"}[args.dataset]
-    results = mnist(args) if args.dataset == "mnist" else fsdd(args)
-    print("| samples | IS | Fréchet distance | class max/min | level dB |\n|---|---|---|---|---|")
-    for name, row in results.items():
-        level = f"{row['level_db']:.1f}" if "level_db" in row else ""
-        print(
-            f"| {name} | {row['inception_score']:.2f} | {row['frechet_distance']:.2f} | {row['class_ratio']:.2f} | {level} |"
-        )
+    defaults = {"mnist": "../shared/data/mnist", "fsdd": "../shared/data/fsdd/recordings", "ptb": "../shared/data/ptb"}
+    args.data = args.data or defaults[args.dataset]
+    results = {"mnist": mnist, "fsdd": fsdd, "ptb": ptb}[args.dataset](args)
+    print_table(results)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
 

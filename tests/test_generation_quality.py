@@ -210,6 +210,13 @@ def test_fit_stores_a_gmm_sampler_that_fits_the_codes_better_than_the_prior(tmp_
         out = tmp_path / f"gmm-{source.name}"
         vaekit("sample", source, "--num", "4", "--sampler", "gmm", "--seed", "1", "--out", out)
         assert (out / "samples.png").is_file()
+        # The tiny recipe records gmm as its default sampler: no --sampler draws the same samples.
+        default = tmp_path / f"default-{source.name}"
+        vaekit("sample", source, "--num", "4", "--seed", "1", "--out", default)
+        assert (default / "samples.png").read_bytes() == (out / "samples.png").read_bytes()
+        prior = tmp_path / f"prior-{source.name}"
+        vaekit("sample", source, "--num", "4", "--sampler", "prior", "--seed", "1", "--out", prior)
+        assert (prior / "samples.png").read_bytes() != (out / "samples.png").read_bytes()
     with pytest.raises(SystemExit, match="no 'vamp' sampler"):
         vaekit("sample", ckpt, "--num", "2", "--sampler", "vamp", "--out", tmp_path / "none")
     # Resuming from a last.ckpt that holds a sampler works, and refits it at the end.
@@ -226,3 +233,15 @@ def test_a_saved_state_with_a_strange_sampler_is_refused_by_name() -> None:
         model.restore_samplers({"samplers.gmm.weights": torch.ones(2)})
     model.restore_samplers({"samplers.gmm.means": torch.zeros(3, 4)})
     assert model.samplers["gmm"].scale_tril.shape == (3, 4, 4)
+
+
+def test_default_sampler_is_checked_and_falls_back_to_the_prior_until_fitted(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="default_sampler must be one of"):
+        ImageVAE(latent_dim=4, default_sampler="vamp")
+    model = ImageVAE(latent_dim=4, default_sampler="gmm")
+    with pytest.warns(UserWarning, match="default sampler 'gmm' was not fitted"):
+        assert model.default_sampler() == "prior"  # e.g. a best-*.ckpt saved before training ended
+    model.samplers["gmm"] = GaussianMixtureSampler.fit(torch.randn(50, 4) + 5.0, components=2)
+    assert model.default_sampler() == "gmm" and model.sample_latents(200).mean() > 4
+    with pytest.raises(SystemExit, match="needs the sampler fitted"):
+        vaekit(*fit_args(TINY_IMAGE, tmp_path, "--trainer.max_epochs", "1", "--posthoc.components", "0"))

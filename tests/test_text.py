@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from tests.conftest import fit_args
 from vaekit.checkpoint import load_model
 from vaekit.cli import main
 from vaekit.core.schedules import BetaSchedule
@@ -61,7 +62,7 @@ def write_corpus(folder: Path, train: list[str] | bytes = CORPUS, **others: list
 def small_model(tmp_path: Path, **kwargs) -> tuple[TextVAE, TextDataModule]:
     dm = TextDataModule(str(write_corpus(tmp_path / "corpus")), batch_size=4, max_length=12)
     dm.setup()
-    model = TextVAE(latent_dim=4, embed_dim=8, hidden_dim=16, **kwargs)
+    model = TextVAE(**{"latent_dim": 4, "embed_dim": 8, "hidden_dim": 16, **kwargs})
     model.attach_spec(dm.spec)
     return model.eval(), dm
 
@@ -79,8 +80,9 @@ def test_loss_is_sum_of_token_log_probs_and_ignores_padding(tmp_path: Path) -> N
     batch = padded_batch(dm, ["the cat sat on the mat .", "it is raining ."])
     assert batch["lengths"].tolist() == [9, 6]  # BOS + words + EOS
     z = torch.randn(2, 4)
-    logits = model.decode_params(z, batch)
-    log_lik = model.log_likelihood(logits, batch)
+    features = model.decode_params(z, batch)
+    logits = model.decoder.out(features)
+    log_lik = model.log_likelihood(features, batch)
     for row in range(2):
         length = int(batch["lengths"][row])
         targets = batch["x"][row, 1:length]  # every token after BOS, EOS included
@@ -88,13 +90,49 @@ def test_loss_is_sum_of_token_log_probs_and_ignores_padding(tmp_path: Path) -> N
         torch.testing.assert_close(log_lik[row], direct)
         alone = {k: v[row : row + 1, :length] if v.dim() == 2 else v[row : row + 1] for k, v in batch.items()}
         torch.testing.assert_close(model.log_likelihood(model.decode_params(z[row : row + 1], alone), alone)[0], direct)
-    # Whatever sits in the padding (ids or logits) changes nothing.
+    # Whatever sits in the padding (ids or features) changes nothing.
     garbage = {**batch, "x": batch["x"].masked_fill(~batch["mask"].bool(), 7)}
-    noisy = logits.clone()
+    noisy = features.clone()
     noisy[1, 5:] = 100.0
     torch.testing.assert_close(model.log_likelihood(noisy, garbage), log_lik)
     assert model.num_units(batch).tolist() == [8, 5]
     assert model.summary_metrics(nll_sum=13 * 2.0, units_sum=13)["ppl"] == pytest.approx(torch.e**2)
+
+
+def test_adaptive_softmax_is_an_exact_distribution_and_scores_as_decoding_does(tmp_path: Path) -> None:
+    """The adaptive softmax's log-probabilities sum to one over the vocabulary, training scores each target
+    with the same number decoding sees, and a model with it trains and decodes."""
+    torch.manual_seed(0)
+    model, dm = small_model(tmp_path, softmax="adaptive", adaptive_cutoffs=(6, 12))
+    assert isinstance(model.decoder.out, torch.nn.AdaptiveLogSoftmaxWithLoss)
+    batch = padded_batch(dm, ["the cat sat on the mat .", "it is raining ."])
+    features = model.decode_params(torch.randn(2, 4), batch)
+    full = model.decoder.log_probs(features)
+    assert full.shape[-1] == model.spec.vocab_size
+    torch.testing.assert_close(full.logsumexp(-1), torch.zeros(full.shape[:-1]), atol=1e-5, rtol=0)
+    targets = batch["x"][:, 1:]
+    expected = (full.gather(-1, targets[..., None]).squeeze(-1) * batch["mask"][:, 1:]).sum(1)
+    torch.testing.assert_close(model.log_likelihood(features, batch), expected)
+    texts = model.generate(torch.randn(3, 4), strategy="beam", beam_width=2)
+    assert len(texts) == 3
+
+
+def test_tied_embeddings_share_one_matrix_and_survive_export(tmp_path: Path) -> None:
+    model, _ = small_model(tmp_path / "a", tie_embeddings=True, embed_dim=16)
+    assert model.decoder.out.weight is model.decoder.embed.weight
+    # safetensors refuses one tensor under two names: the exported folder must hold both, and load tied.
+    run = tmp_path / "run"
+    tied = ("--model.tie_embeddings", "true", "--model.embed_dim", "64", "--trainer.max_steps", "2")
+    main(fit_args("configs/text/tiny.yaml", run, *tied, "--samples.num", "0"))
+    main(["export", str(run / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "exported"), "--num", "2"])
+    exported, _ = load_model(tmp_path / "exported")
+    assert exported.decoder.out.weight is exported.decoder.embed.weight
+    trained, _ = load_model(run / "checkpoints" / "last.ckpt")
+    assert torch.equal(exported.decoder.out.weight, trained.decoder.embed.weight)
+    with pytest.raises(ValueError, match="embed_dim == hidden_dim"):
+        TextVAE(latent_dim=4, embed_dim=8, hidden_dim=16, tie_embeddings=True)
+    with pytest.raises(ValueError, match="softmax full"):
+        TextVAE(latent_dim=4, embed_dim=16, hidden_dim=16, tie_embeddings=True, softmax="adaptive")
 
 
 def test_packed_and_unpacked_decoders_agree(tmp_path: Path) -> None:

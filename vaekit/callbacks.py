@@ -33,7 +33,7 @@ def preview(pl_module: VAE, datamodule: Any, split: str, num: int, seed: int) ->
     pl_module.eval()
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        result = Preview(pl_module.generate(pl_module.sample_latents(num)))
+        result = Preview(pl_module.generate(pl_module.sample_latents(num, sampler="prior")))
         if datamodule is not None and split in getattr(datamodule, "splits", {}):
             batch = next(iter(datamodule.loader(split)))
             batch = {k: v[:num].to(pl_module.device) for k, v in batch.items()}
@@ -93,6 +93,14 @@ class FitSampler(pl.Callback):
 
     def __init__(self, components: int = 10, max_examples: int = 10000, seed: int = 0) -> None:
         self.components, self.max_examples, self.seed = components, max_examples, seed
+
+    def setup(self, trainer: pl.Trainer, pl_module: VAE, stage: str) -> None:
+        chosen = pl_module.hparams.get("default_sampler", "prior")
+        if chosen != "prior" and self.components <= 0:
+            raise ValueError(
+                f"--model.default_sampler {chosen} needs the sampler fitted at the end of training; "
+                "set --posthoc.components above 0 or --model.default_sampler prior"
+            )
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: VAE) -> None:
         if self.components <= 0 or trainer.interrupted or trainer.datamodule is None:

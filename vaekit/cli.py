@@ -459,7 +459,9 @@ def build_parser(options_type: type | None = None, modality: str = "") -> argpar
     p.add_argument("--num", type=_count(1), default=16)
     p.add_argument("--temperature", type=float, default=1.0, help="scales the latent distribution's spread")
     p.add_argument(
-        "--sampler", default="prior", help="prior, or a post-hoc sampler fitted at the end of training (gmm)"
+        "--sampler",
+        help="prior, or a post-hoc sampler fitted at the end of training (gmm); default: the model's "
+        "default_sampler, the one its recipe's measurements found best",
     )
     p = folder_command("reconstruct", "encode and decode test examples or given inputs")
     p.add_argument("--num", type=_count(1), default=8)

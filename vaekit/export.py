@@ -44,7 +44,8 @@ def export_model(
     """Write the exported folder's files into ``out`` (an empty folder); returns the paths written."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # Cloned: tied weights (one tensor under two names) must be two tensors in safetensors.
+    state = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
     save_file(state, out / WEIGHTS_FILE, metadata={"format": "pt", "vaekit_version": __version__})
     paths = [out / WEIGHTS_FILE]
     spec = dict(record.spec)

@@ -117,9 +117,12 @@ class VAE(pl.LightningModule):
         weight_decay: float = 0.0,
         val_iw_samples: int = 0,
         iw_max_rows: int = 1024,
+        default_sampler: str = "prior",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if default_sampler not in ("prior", *SAMPLERS):
+            raise ValueError(f"default_sampler must be one of {['prior', *SAMPLERS]}, not {default_sampler!r}")
         self.beta = beta or BetaSchedule()
         self.prior = self.make_prior() if prior != "vamp" else StandardNormalPrior()  # vamp: once built
         self.samplers = torch.nn.ModuleDict()  # post-hoc samplers fitted after training (vaekit.core.samplers)
@@ -461,9 +464,10 @@ class VAE(pl.LightningModule):
         return 8 * torch.tensor(self.compressed_sizes(batch), dtype=torch.float64)
 
     # ----------------------------------------------------------------- latent space
-    def sample_latents(self, num: int, temperature: float = 1.0, sampler: str = "prior") -> Tensor:
-        """Latents to decode: from the prior, or from a fitted post-hoc ``sampler``; ``temperature`` scales the
-        spread (1.0 is the distribution as fitted)."""
+    def sample_latents(self, num: int, temperature: float = 1.0, sampler: str | None = None) -> Tensor:
+        """Latents to decode: from the prior, or from a fitted post-hoc ``sampler`` (None: the model's
+        ``default_sampler``); ``temperature`` scales the spread (1.0 is the distribution as fitted)."""
+        sampler = sampler or self.default_sampler()
         if sampler == "prior":
             return self.prior.sample(num, self.hparams.latent_dim, temperature)
         if sampler not in self.samplers:
@@ -473,6 +477,18 @@ class VAE(pl.LightningModule):
                 "training (--posthoc.components), or use --sampler prior"
             )
         return self.samplers[sampler].sample(num, temperature)
+
+    def default_sampler(self) -> str:
+        """The sampler the recipe's measurements chose (``default_sampler``), once fitted; else the prior. A
+        checkpoint saved before training ended (``best-*.ckpt``) has no fitted sampler yet."""
+        chosen = self.hparams.get("default_sampler", "prior")
+        if chosen != "prior" and chosen not in self.samplers:
+            rank_zero_warn(
+                f"this model's default sampler {chosen!r} was not fitted (the file was saved before training "
+                "ended, or with --posthoc.components 0): sampling from the prior"
+            )
+            return "prior"
+        return chosen
 
     def restore_samplers(self, state: dict[str, Tensor]) -> None:
         """Create the post-hoc samplers a saved state holds, shaped from it, before the state is loaded."""

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
@@ -28,7 +29,6 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, S
 
 from vaekit.core.data import VAEDataModule
 from vaekit.core.io import write_text
-from vaekit.core.likelihoods import Categorical
 from vaekit.core.module import VAE, Batch, OnnxGraph
 from vaekit.core.storage import ROW, Rows, Split, StreamSplit, file_stats, fingerprint
 from vaekit.modalities.registry import Modality
@@ -500,22 +500,47 @@ class GRUEncoder(nn.Module):
 
 
 class GRUDecoder(nn.Module):
-    """GRU language model conditioned on z: z sets the initial state and is concatenated to every input."""
+    """GRU language model conditioned on z: z sets the initial state and is concatenated to every input.
 
-    def __init__(self, vocab: int, embed: int, hidden: int, layers: int, latent: int, pad_id: int, dropout: float):
+    The output layer turns the GRU's features into next-token log-probabilities: a full softmax (its weights
+    optionally tied to the input embedding, Press & Wolf 2017) or an adaptive softmax (Grave et al. 2017),
+    an exact distribution over the whole vocabulary that spends most of its compute on the frequent words.
+    ``forward`` returns features, not logits, so training scores only the tokens that are there.
+    """
+
+    def __init__(
+        self,
+        vocab: int,
+        embed: int,
+        hidden: int,
+        layers: int,
+        latent: int,
+        pad_id: int,
+        dropout: float,
+        softmax: Literal["full", "adaptive"] = "full",
+        cutoffs: tuple[int, ...] = (),
+        tie_embeddings: bool = False,
+    ) -> None:
         super().__init__()
         self.layers, self.hidden = layers, hidden
         self.embed = nn.Embedding(vocab, embed, padding_idx=pad_id)
         self.init_state = nn.Linear(latent, layers * hidden)
         self.rnn = nn.GRU(embed + latent, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
         self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden, vocab)
+        self.out: nn.Linear | nn.AdaptiveLogSoftmaxWithLoss
+        if softmax == "adaptive":
+            cutoffs = tuple(c for c in cutoffs if c < vocab)  # a small vocabulary may need fewer clusters
+            self.out = nn.AdaptiveLogSoftmaxWithLoss(hidden, vocab, list(cutoffs) or [vocab // 2], div_value=4.0)
+        else:
+            self.out = nn.Linear(hidden, vocab)
+            if tie_embeddings:
+                self.out.weight = self.embed.weight
 
     def initial_state(self, z: Tensor) -> Tensor:
         return torch.tanh(self.init_state(z)).view(-1, self.layers, self.hidden).transpose(0, 1).contiguous()
 
     def forward(self, inputs: Tensor, lengths: Tensor, z: Tensor, packed: bool = True) -> Tensor:
-        """Logits (B, T, V) for the next token at each input position; positions past ``lengths`` are padding."""
+        """Features (B, T, H) for the next token at each input position; positions past ``lengths`` are padding."""
         steps = inputs.shape[1]
         feed = torch.cat([self.dropout(self.embed(inputs)), z.unsqueeze(1).expand(-1, steps, -1)], dim=-1)
         if packed:
@@ -524,13 +549,26 @@ class GRUDecoder(nn.Module):
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=steps)
         else:
             out, _ = self.rnn(feed, self.initial_state(z))
-        return self.out(self.dropout(out))
+        return self.dropout(out)
+
+    def log_probs(self, features: Tensor) -> Tensor:
+        """Next-token log-probabilities (..., V) over the whole vocabulary."""
+        if isinstance(self.out, nn.AdaptiveLogSoftmaxWithLoss):
+            return self.out.log_prob(features.reshape(-1, features.shape[-1])).view(*features.shape[:-1], -1)
+        return self.out(features).log_softmax(-1)
+
+    def token_log_probs(self, features: Tensor, targets: Tensor) -> Tensor:
+        """log p(target) for rows of features (N, H) and their targets (N,), without all V log-probabilities
+        where the adaptive softmax can avoid them."""
+        if isinstance(self.out, nn.AdaptiveLogSoftmaxWithLoss):
+            return self.out(features, targets).output
+        return -F.cross_entropy(self.out(features), targets, reduction="none")
 
     def step(self, tokens: Tensor, state: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
-        """One decoding step: next-token logits (B, V) and the new state."""
+        """One decoding step: next-token log-probabilities (B, V) and the new state."""
         feed = torch.cat([self.embed(tokens), z], dim=-1).unsqueeze(1)
         out, state = self.rnn(feed, state)
-        return self.out(out[:, 0]), state
+        return self.log_probs(out[:, 0]), state
 
 
 class _DecoderPart(nn.Module):
@@ -595,7 +633,11 @@ class TextVAE(VAE):
     (Bowman et al.), so the decoder must lean on z. ``pretrain_ae_steps``: the first N steps train an
     autoencoder (KL weight 0); at step N the decoder is re-initialised and the ``beta`` schedule starts
     from its step 0 (Li et al. 2019). ``packed``: run the decoder on packed sequences (skips padding; on
-    GPUs with length-bucketed batches ``false`` can be faster, with identical results).
+    GPUs with length-bucketed batches ``false`` can be faster, with identical results). ``softmax``:
+    ``full``, or ``adaptive`` with clusters at ``adaptive_cutoffs`` (token ids ordered by frequency, as the
+    word and BPE tokenizers trained here are); exact either way, the adaptive one several times cheaper for
+    large vocabularies. ``tie_embeddings`` shares the full softmax's weights with the decoder's input
+    embedding (needs ``embed_dim == hidden_dim``).
     """
 
     modality = "text"
@@ -615,11 +657,21 @@ class TextVAE(VAE):
         word_dropout: float = 0.0,
         pretrain_ae_steps: int = 0,
         packed: bool = False,
+        softmax: Literal["full", "adaptive"] = "full",
+        adaptive_cutoffs: tuple[int, ...] = (2000,),
+        tie_embeddings: bool = False,
         **core: Any,
     ) -> None:
         super().__init__(latent_dim=latent_dim, **core)
         if not 0 <= word_dropout < 1:
             raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout}")
+        if tie_embeddings and (softmax != "full" or embed_dim != hidden_dim):
+            raise ValueError(
+                "tie_embeddings shares the full softmax's weights with the input embedding: it needs "
+                f"--model.softmax full and embed_dim == hidden_dim (got {softmax}, {embed_dim} and {hidden_dim})"
+            )
+        if list(adaptive_cutoffs) != sorted(set(adaptive_cutoffs)) or min(adaptive_cutoffs, default=1) < 1:
+            raise ValueError(f"adaptive_cutoffs must be increasing positive token ids, got {list(adaptive_cutoffs)}")
         if pretrain_ae_steps > 0:  # the KL schedule starts when the autoencoder phase ends
             self.beta = replace(self.beta, start_step=self.beta.start_step + pretrain_ae_steps)
         self._decoder_reset_step = -1
@@ -634,9 +686,17 @@ class TextVAE(VAE):
             vocab, hp.embed_dim, hp.hidden_dim, hp.encoder_layers, hp.bidirectional, hp.latent_dim, self.pad_id
         )
         self.decoder = GRUDecoder(
-            vocab, hp.embed_dim, hp.hidden_dim, hp.decoder_layers, hp.latent_dim, self.pad_id, hp.dropout
+            vocab,
+            hp.embed_dim,
+            hp.hidden_dim,
+            hp.decoder_layers,
+            hp.latent_dim,
+            self.pad_id,
+            hp.dropout,
+            softmax=hp.softmax,
+            cutoffs=tuple(hp.adaptive_cutoffs),
+            tie_embeddings=hp.tie_embeddings,
         )
-        self.likelihood = Categorical()
 
     # ---------------------------------------------------------------- hooks
     def encode_params(self, batch: Batch) -> tuple[Tensor, Tensor]:
@@ -656,8 +716,13 @@ class TextVAE(VAE):
         return self.decoder(self.decoder_inputs(batch), batch["lengths"] - 1, z, packed=self.hparams.packed)
 
     def log_likelihood(self, params: Tensor, batch: Batch) -> Tensor:
-        """Sum of log p(token) over each sentence's tokens after BOS (EOS included); padding costs nothing."""
-        return self.likelihood.log_prob(params, batch["x"][:, 1:], batch["mask"][:, 1:])
+        """Sum of log p(token) over each sentence's tokens after BOS (EOS included). ``params`` are the
+        decoder's features; only the real tokens' positions are scored, so padding costs neither time nor nats.
+        """
+        real = batch["mask"][:, 1:].bool()
+        per_token = params.new_zeros(real.shape)
+        per_token[real] = self.decoder.token_log_probs(params[real], batch["x"][:, 1:][real]).to(params.dtype)
+        return per_token.sum(1)
 
     def num_units(self, batch: Batch) -> Tensor:
         return batch["lengths"] - 1
@@ -716,11 +781,11 @@ class TextVAE(VAE):
         done = torch.zeros(batch, dtype=torch.bool, device=z.device)
         out = []
         for _ in range(max_length):
-            logits, state = self.decoder.step(tokens, state, z)
+            log_probs, state = self.decoder.step(tokens, state, z)
             if opts.strategy == "greedy":
-                tokens = logits.argmax(-1)
+                tokens = log_probs.argmax(-1)
             else:
-                logits = filter_logits(logits / opts.token_temperature, opts.top_k, opts.top_p)
+                logits = filter_logits(log_probs / opts.token_temperature, opts.top_k, opts.top_p)
                 tokens = torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
             tokens = tokens.masked_fill(done, self.pad_id)
             out.append(tokens)
@@ -741,8 +806,7 @@ class TextVAE(VAE):
         history = torch.empty(batch * width, 0, dtype=torch.long, device=z.device)
         offsets = (torch.arange(batch, device=z.device) * width).unsqueeze(1)
         for _ in range(max_length):
-            logits, state = self.decoder.step(tokens, state, zb)
-            logp = logits.log_softmax(-1)
+            logp, state = self.decoder.step(tokens, state, zb)
             # A finished beam continues only with padding, at no cost, so its score stays fixed.
             finished = torch.full_like(logp, -math.inf)
             finished[:, self.pad_id] = 0.0
