@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,11 +131,9 @@ def score(classifier: DigitClassifier, images: Tensor, reference: Tensor) -> dic
     }
 
 
-def score_samples(
-    args: argparse.Namespace, classifier: DigitClassifier, reference: Tensor, extra: Any = None
-) -> dict[str, dict[str, float]]:
-    """Each model's ``args.num`` samples from each of ``args.samplers``, scored against ``reference`` (plus
-    ``extra(samples)``'s figures)."""
+def score_samples(args: argparse.Namespace, scorer: Callable[[Any], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each model's ``args.num`` samples (images, waveforms or sentences) from each of ``args.samplers``,
+    with ``scorer(samples)``'s figures."""
     results = {}
     for ckpt in args.ckpt:
         model, _ = load_model(ckpt)
@@ -142,8 +141,9 @@ def score_samples(
             torch.manual_seed(0)
             with torch.no_grad():
                 z = model.sample_latents(args.num, 1.0, sampler)
-                samples = torch.cat([model.generate(chunk) for chunk in z.split(100)])
-            row = {**score(classifier, samples, reference), **(extra(samples) if extra else {})}
+                parts = [model.generate(chunk) for chunk in z.split(100)]
+            samples = torch.cat(parts) if isinstance(parts[0], Tensor) else [x for part in parts for x in part]
+            row = scorer(samples)
             results[f"{ckpt} --sampler {sampler}"] = row
             print(json.dumps({f"{ckpt} {sampler}": row}), flush=True)
     return results
@@ -156,7 +156,7 @@ def mnist(args: argparse.Namespace) -> dict:
     real = score(classifier, test[0], train[0][:10000])
     return {
         "real held-out (test images; FD against 10k training images)": real,
-        **score_samples(args, classifier, test[0]),
+        **score_samples(args, lambda samples: score(classifier, samples, test[0])),
     }
 
 
@@ -210,7 +210,7 @@ def fsdd(args: argparse.Namespace) -> dict:
             **score(classifier, train, test),
             **loudness(train),
         },
-        **score_samples(args, classifier, test, loudness),
+        **score_samples(args, lambda waves: {**score(classifier, waves, test), **loudness(waves)}),
     }
 
 
@@ -306,24 +306,15 @@ def ptb(args: argparse.Namespace) -> dict:
     lm = cached_lm(vocab, read["train"], read["valid"])
     real = [read["test"][i] for i in torch.randperm(len(read["test"]), generator=torch.Generator().manual_seed(0))]
     real = real[: args.num]
-    results = {
-        "real held-out (test sentences, as many as samples)": {
-            "lm_perplexity": lm_perplexity(lm, vocab, real),
-            **diversity(real),
+
+    def scorer(sentences: list[str]) -> dict[str, Any]:
+        return {
+            "lm_perplexity": lm_perplexity(lm, vocab, sentences),
+            **diversity(sentences),
+            "examples": sentences[:10],
         }
-    }
-    for ckpt in args.ckpt:
-        model, _ = load_model(ckpt)
-        for sampler in args.samplers:
-            torch.manual_seed(0)
-            with torch.no_grad():
-                z = model.sample_latents(args.num, 1.0, sampler)
-                samples = [text for chunk in z.split(250) for text in model.generate(chunk)]
-            row = {"lm_perplexity": lm_perplexity(lm, vocab, samples), **diversity(samples)}
-            row["examples"] = samples[:10]
-            results[f"{ckpt} --sampler {sampler}"] = row
-            print(json.dumps({f"{ckpt} {sampler}": row}), flush=True)
-    return results
+
+    return {"real held-out (test sentences, as many as samples)": scorer(real), **score_samples(args, scorer)}
 
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
