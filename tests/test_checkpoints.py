@@ -26,13 +26,16 @@ from vaekit.modalities.registry import Modality, get_modality
 from vaekit.recipes import list_recipes
 
 TINY = "configs/image/tiny.yaml"
+JOINT_DATA = ["--data.image_root", "demo:image", "--data.audio_root", "demo:audio"]
 
 
 def _fit(config: str, root: Path, *extra: str) -> Path:
     modality = config.split("/")[1]
+    # A joint recipe pairs the demo data of its modalities.
+    data = JOINT_DATA if modality == "multimodal" else ["--data.root", f"demo:{modality}"]
     vaekit(
         *fit_args(config, root),
-        "--data.root", f"demo:{modality}",
+        *data,
         "--trainer.max_steps", "3",
         "--trainer.max_epochs", "100",
         "--trainer.limit_val_batches", "1",
@@ -51,9 +54,17 @@ def _every_command(model: Path | str, out: Path, modality: str) -> None:
     vaekit("evaluate", model, "--iw-samples", "3", "--max-examples", "8", "--out", out / "eval.json")
     vaekit("encode", model, "--max-examples", "8", "--out", out / "z.npz")
     vaekit("score", model, "--max-examples", "8", "--out", out / "scores.csv")
-    first = {"image": "samples_0000.png", "text": "samples.jsonl", "audio": "samples_0000.wav"}[modality]
+    if modality == "multimodal":
+        vaekit("translate", model, "--from", "audio", "--to", "image", "--num", "2", "--out", out / "translate")
+        assert (out / "translate" / "image" / "translations_0001.png").is_file()
+    first = {
+        "image": "samples_0000.png",
+        "text": "samples.jsonl",
+        "audio": "samples_0000.wav",
+        "multimodal": "image/samples_0000.png",
+    }[modality]
     assert (out / "sample" / first).is_file()
-    assert len(list((out / "rec").glob("reconstructions*"))) >= 1
+    assert len(list((out / "rec").rglob("reconstructions*"))) >= 1  # a joint model: one folder per modality
     evaluation = json.loads((out / "eval.json").read_text())
     assert np.isfinite(evaluation["nll"]) and evaluation["num_examples"] >= 1
     assert np.load(out / "z.npz")["mean"].shape[1] == load_model(model)[0].hparams.latent_dim

@@ -13,9 +13,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from pytorch_lightning.utilities.model_summary import get_human_readable_count
 
-from vaekit.core.module import VAE
+from vaekit.core.module import VAE, map_batch
 from vaekit.core.samplers import GaussianMixtureSampler
-from vaekit.core.storage import split_batches
 
 
 @dataclass
@@ -36,7 +35,7 @@ def preview(pl_module: VAE, datamodule: Any, split: str, num: int, seed: int) ->
         result = Preview(pl_module.generate(pl_module.sample_latents(num, sampler="prior")))
         if datamodule is not None and split in getattr(datamodule, "splits", {}):
             batch = next(iter(datamodule.loader(split)))
-            batch = {k: v[:num].to(pl_module.device) for k, v in batch.items()}
+            batch = map_batch(batch, lambda v: v[:num].to(pl_module.device))
             batch = datamodule.on_after_batch_transfer(batch, 0)
             result.inputs = pl_module.as_outputs(batch)
             result.reconstructions = pl_module.generate(pl_module.posterior(batch).mode(), deterministic=True)
@@ -78,8 +77,8 @@ def posterior_means(pl_module: VAE, datamodule: Any, split: str, max_examples: i
     pl_module.eval()
     means = []
     with torch.no_grad():
-        for batch in split_batches(datamodule.subset(split, max_examples), 256):
-            batch = {k: v.to(pl_module.device) for k, v in datamodule.collate(batch, split).items()}
+        for batch in datamodule.batches(split, max_examples, 256):
+            batch = map_batch(batch, lambda v: v.to(pl_module.device))
             means.append(pl_module.posterior(datamodule.on_after_batch_transfer(batch, 0)).mean)
     pl_module.train(was_training)
     return torch.cat(means)

@@ -21,7 +21,7 @@ import torch
 
 from vaekit.core.data import VAEDataModule
 from vaekit.core.module import CHECKPOINT_FORMAT, CHECKPOINT_KEY, VAE
-from vaekit.core.plain import check_plain, nonfinite_tensors, without_private
+from vaekit.core.plain import check_plain, instantiate, nonfinite_tensors, without_private
 from vaekit.modalities.registry import get_modality
 
 CONFIG_FILE = "config.json"
@@ -191,20 +191,6 @@ def resolve_source(name: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------- building
-
-
-def instantiate(cls: type, args: dict[str, Any], where: str) -> Any:
-    """``cls`` built from saved arguments through jsonargparse, as `vaekit fit` builds it from a YAML config."""
-    from jsonargparse import ArgumentParser
-
-    check_plain(args, where)
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(cls, "init", fail_untyped=False)
-    try:
-        config = parser.parse_object({"init": args})
-    except Exception as err:  # jsonargparse's ArgumentError, or a type it cannot parse
-        raise ValueError(f"{where}: the saved arguments do not fit {cls.__name__} ({err})") from err
-    return parser.instantiate_classes(config).init
 
 
 def build_model(record: ModelRecord, state: dict[str, torch.Tensor]) -> VAE:

@@ -36,7 +36,7 @@ from vaekit.callbacks import FitSampler, LogMedia, ParameterSummary, ResumableCh
 from vaekit.checkpoint import ModelRecord, load_datamodule, load_model, read_checkpoint, record_from_checkpoint
 from vaekit.core.data import VAEDataModule, label_indices
 from vaekit.core.io import atomic_folder, atomic_path, write_text
-from vaekit.core.module import VAE, Batch, class_name
+from vaekit.core.module import VAE, Batch, class_name, map_batch
 from vaekit.modalities.registry import ModalityNotFound, get_modality
 from vaekit.scoring import CORRECTIONS
 
@@ -205,7 +205,7 @@ class Session:
 
     def prepare(self, batch: Batch) -> Batch:
         """Move a batch to the model's device and apply the data module's device-side transform."""
-        batch = {k: v.to(self.model.device) for k, v in batch.items()}
+        batch = map_batch(batch, lambda v: v.to(self.model.device))
         return self.datamodule.on_after_batch_transfer(batch, 0)
 
     def examples(self, split: str, indices: Sequence[int]) -> Batch:
@@ -213,11 +213,21 @@ class Session:
         return self.prepare(self.datamodule.examples(split, indices))
 
     def inputs(self, items: list[str]) -> Batch:
-        return self.prepare(self.datamodule.load_inputs(items))
+        if not is_joint(self.model):
+            return self.prepare(self.datamodule.load_inputs(items))
+        sources = getattr(self.args, "from_", None) or []
+        if len(sources) != 1:
+            raise ValueError("--input files are of one modality: name it with --from (e.g. --from audio)")
+        return self.prepare(self.datamodule.load_part_inputs(sources[0], items))
+
+    def options_for_generation(self) -> dict[str, Any]:
+        """The model's generation options at their defaults, for commands without generation flags (evaluate)."""
+        options_type = self.model.generation_options
+        return {f.name: f.default for f in dataclasses.fields(options_type)} if options_type else {}
 
     def generate(self, z: torch.Tensor) -> Any:
-        # Reconstructions and interpolations follow from z alone unless a flag asks for sampling.
-        deterministic = self.args.command in ("reconstruct", "interpolate")
+        # Reconstructions, translations and interpolations follow from z alone unless a flag asks for sampling.
+        deterministic = self.args.command in ("reconstruct", "interpolate", "translate")
         return self.model.generate(z, deterministic=deterministic, **self.options)
 
     def save(self, data: Any, stem: str, nrow: int | None = None) -> list[Path]:
@@ -254,6 +264,9 @@ def _in_batches(session: Session, z: torch.Tensor, batch: int = 256) -> list[Any
 
 
 def _concat(parts: list[Any]) -> Any:
+    """Decoded chunks joined: tensors, lists (sentences), or one of those per modality (a joint model's)."""
+    if isinstance(parts[0], dict):
+        return {name: _concat([part[name] for part in parts]) for name in parts[0]}
     return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else [x for part in parts for x in part]
 
 
@@ -277,6 +290,19 @@ def cmd_interpolate(s: Session) -> list[Path]:
     return s.save(s.generate(path), "interpolation", nrow=s.args.steps)
 
 
+def cmd_translate(s: Session) -> list[Path]:
+    """Decode the ``--to`` modalities from the ``--from`` ones: given files, or the first N tuples of the test split."""
+    batch = s.inputs(s.args.input) if s.args.input else s.examples("test", range(s.args.num))
+    paths = s.save(s.model.as_outputs(batch), "inputs")
+    paths += s.save(s.generate(s.model.posterior(batch).mode()), "translations")
+    if not s.args.input:  # which digit (class) each test tuple was, for a reader checking the translations
+        names = s.model.spec.label_names
+        labels = batch[s.args.from_[0]]["label"].tolist()
+        rows = ["index,label"] + [f"{i},{names[y] if 0 <= y < len(names) else y}" for i, y in enumerate(labels)]
+        paths.append(write_text(s.out / "labels.csv", "\n".join(rows) + "\n"))
+    return paths
+
+
 def cmd_traverse(s: Session) -> list[Path]:
     latent_dim = s.model.hparams.latent_dim
     dims = s.args.dims if s.args.dims is not None else list(range(min(latent_dim, 10)))
@@ -297,6 +323,17 @@ def _run_predict(s: Session, datamodule: VAEDataModule | None = None, split: str
 def cmd_evaluate(s: Session) -> list[Path]:
     s.evaluation_trainer(s.datamodule, s.args.split).test(s.model, datamodule=s.datamodule, verbose=False)
     result = {"split": s.args.split, **s.model.evaluation}
+    if s.args.classifier:
+        from vaekit.coherence import cross_modal_coherence, load_classifiers
+
+        if not is_joint(s.model):
+            raise ValueError("--classifier measures cross-modal coherence, which needs a joint (multimodal) model")
+        classifiers = load_classifiers(s.args.classifier, list(s.model.parts))
+        loader = s.datamodule.loader(s.args.split)
+        batches = (s.prepare(batch) for batch in loader)
+        result["coherence"] = cross_modal_coherence(
+            s.model, batches, classifiers, s.options_for_generation(), s.args.joint_samples, len(loader)
+        )
     out = s.out
     write_text(out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
@@ -330,6 +367,8 @@ def cmd_score(s: Session) -> list[Path]:
     typical = float(_run_predict(s, split="val")[key].mean()) if correction == "typicality" else None
     sets = {"in": inside}
     if s.args.ood_root:
+        if is_joint(s.model):
+            raise ValueError("--ood-root takes one dataset, and a joint model reads several; score each with --from")
         # Another dataset: the label filters the model was trained with say nothing about its classes.
         ood = load_datamodule(s.model, s.record, s.args.ood_root, labels=None, exclude_labels=None)
         sets["ood"] = _run_predict(s, ood)
@@ -373,6 +412,7 @@ def cmd_export(s: Session) -> list[Path]:
 FOLDER_COMMANDS: dict[str, Callable[[Session], list[Path]]] = {
     "sample": cmd_sample,
     "reconstruct": cmd_reconstruct,
+    "translate": cmd_translate,
     "interpolate": cmd_interpolate,
     "traverse": cmd_traverse,
     "export": cmd_export,
@@ -384,7 +424,13 @@ FILE_COMMANDS: dict[str, Callable[[Session], list[Path]]] = {
 }
 
 
-GENERATION_COMMANDS = ("sample", "reconstruct", "interpolate", "traverse")
+GENERATION_COMMANDS = ("sample", "reconstruct", "interpolate", "traverse", "translate")
+# Commands that encode data: a joint model's take --from, the modalities to encode (default: all it has).
+ENCODING_COMMANDS = ("reconstruct", "interpolate", "encode", "score")
+
+
+def is_joint(model: VAE) -> bool:
+    return model.modality == "multimodal"
 
 
 def _count(minimum: int) -> Callable[[str], int]:
@@ -438,6 +484,8 @@ def build_parser(options_type: type | None = None, modality: str = "") -> argpar
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto")
         p.add_argument("--data-root", help="where the data lives now, if it moved since training")
+        if name in ENCODING_COMMANDS and modality == "multimodal":
+            p.add_argument("--from", dest="from_", nargs="+", metavar="MOD", help="encode these modalities only")
         return p
 
     def folder_command(name: str, help_: str) -> argparse.ArgumentParser:
@@ -470,6 +518,11 @@ def build_parser(options_type: type | None = None, modality: str = "") -> argpar
     p.add_argument("--steps", type=_count(2), default=8)
     p.add_argument("--a")
     p.add_argument("--b")
+    p = folder_command("translate", "joint models: decode some modalities from others (speak a digit, draw it)")
+    p.add_argument("--from", dest="from_", nargs="+", required=True, metavar="MOD", help="the modalities given")
+    p.add_argument("--to", nargs="+", required=True, metavar="MOD", help="the modalities to decode")
+    p.add_argument("--input", nargs="+", help="files of the one --from modality (else the test split's tuples)")
+    p.add_argument("--num", type=_count(1), default=8, help="test tuples to translate, without --input")
     p = folder_command("traverse", "sweep single latent dimensions around the prior mean")
     p.add_argument("--dims", type=int, nargs="+")
     p.add_argument("--span", type=float, default=3.0)
@@ -486,6 +539,16 @@ def build_parser(options_type: type | None = None, modality: str = "") -> argpar
         p.add_argument("--max-examples", type=_count(1), help="only the first N examples of the split, in its order")
         if name == "evaluate":
             p.add_argument("--iw-samples", type=_count(0), default=1000, help="0: the ELBO only")
+            p.add_argument(
+                "--classifier",
+                nargs="+",
+                metavar="MOD=FILE.onnx",
+                help="joint models: a classifier of a modality's decoded outputs (an ONNX graph: outputs -> logits "
+                "over the model's labels); adds the cross-modal coherence to the JSON (docs/multimodal.md)",
+            )
+            p.add_argument(
+                "--joint-samples", type=_count(0), default=1000, help="prior samples for the joint coherence"
+            )
         if name == "score":
             p.add_argument(
                 "--iw-samples", type=_count(0), default=0, help="> 0 scores with the IW NLL instead of -ELBO"
@@ -543,6 +606,7 @@ def run_command(argv: list[str]) -> None:
     args = build_parser(options_type, model.modality).parse_args(argv)
     fields = dataclasses.fields(options_type) if options_type else ()
     options = {f.name: getattr(args, f.name) for f in fields}
+    choose_modalities(model, args)
     out = Path(args.out)
     with torch.no_grad():
         if args.command in FOLDER_COMMANDS:
@@ -553,6 +617,22 @@ def run_command(argv: list[str]) -> None:
         else:
             paths = FILE_COMMANDS[args.command](Session(model, record, args, options, out))
     print(f"wrote {len(paths)} file(s), e.g. {paths[0]}")
+
+
+def choose_modalities(model: VAE, args: argparse.Namespace) -> None:
+    """A joint model encodes the ``--from`` modalities and decodes the ``--to`` ones; others have one modality."""
+    sources, targets = getattr(args, "from_", None), getattr(args, "to", None)
+    if not is_joint(model):
+        if args.command == "translate":
+            raise ValueError(
+                f"translate needs a joint model (configs/multimodal/*.yaml); {args.ckpt} is a {model.modality} model"
+            )
+        return
+    for flag, names in (("--from", sources), ("--to", targets)):
+        unknown = [n for n in names or [] if n not in model.parts]
+        if unknown:
+            raise ValueError(f"{flag} {' '.join(unknown)}: the model's modalities are {', '.join(model.parts)}")
+    model.observed, model.targets = sources, targets
 
 
 def main(argv: Sequence[str] | None = None) -> None:

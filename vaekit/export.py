@@ -108,8 +108,16 @@ def export_onnx(model: VAE, out: Path) -> list[Path]:
     return paths
 
 
-def _evaluation_table(evaluation: dict[str, Any]) -> str:
-    rows = [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in evaluation.items()]
+def _evaluation_table(evaluation: dict[str, Any], prefix: str = "") -> str:
+    """One row per figure; nested figures (a joint model's per-subset ones) as ``subsets.image.nll``."""
+    rows = []
+    for key, value in evaluation.items():
+        if isinstance(value, dict):
+            rows.append(_evaluation_table(value, f"{prefix}{key}.").split("\n", 2)[2])
+        else:
+            rows.append(
+                f"| {prefix}{key} | {value:.4g} |" if isinstance(value, float) else f"| {prefix}{key} | {value} |"
+            )
     return "| measure | value |\n|---|---|\n" + "\n".join(rows)
 
 
@@ -118,7 +126,8 @@ def model_card(
 ) -> str:
     """A Hugging Face model card: metadata header, training data, recipe, figures, samples, how to use."""
     modality = record.modality
-    data = record.data_args.get("root", "unknown")
+    sources = record.data_args.get("sources")  # a joint model's data: one root per part
+    data = ", ".join(f"{n}: {a.get('root')}" for n, a in sources.items()) if sources else record.data_args.get("root")
     lines = [
         "---",
         "library_name: vaekit",
@@ -127,7 +136,7 @@ def model_card(
         "",
         f"# {modality} VAE ({config['model_class'] or modality})",
         "",
-        f"A variational autoencoder over {modality} trained with [vaekit](https://pypi.org/project/vaekit/) "
+        f"A variational autoencoder over {' and '.join(record.model_args.get('parts') or [modality])} trained with [vaekit](https://pypi.org/project/vaekit/) "
         f"{record.vaekit_version or __version__}: {record.model_args.get('latent_dim', '?')} latent dimensions.",
         "",
         "## Training",
@@ -148,10 +157,10 @@ def model_card(
         ]
     if samples:
         lines += ["## Samples from the prior", ""]
-        pictures = [p for p in samples if p.suffix == ".png" and p.parent.name == SAMPLES_DIR]
+        pictures = [p for p in samples if p.name == "samples.png"]  # the grid (of each part, for a joint model)
         texts = [p for p in samples if p.suffix == ".txt"]
-        if pictures:
-            lines += [f"![samples]({pictures[0].relative_to(out).as_posix()})", ""]
+        for picture in pictures:
+            lines += [f"![samples]({picture.relative_to(out).as_posix()})", ""]
         for path in texts:
             lines += ["```", path.read_text(encoding="utf-8").rstrip(), "```", ""]
     lines += [

@@ -7,7 +7,7 @@ import importlib.resources
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,16 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from vaekit.core.storage import ArrowSplit, Rows, Split, StreamSplit, TensorSplit, collate_examples, write_cache
+from vaekit.core.storage import (
+    ArrowSplit,
+    Rows,
+    Split,
+    StreamSplit,
+    TensorSplit,
+    collate_examples,
+    split_batches,
+    write_cache,
+)
 
 DEMO_PREFIX = "demo:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -308,6 +317,12 @@ class VAEDataModule(pl.LightningDataModule):
                 f"{len(split)} or less, or give your own files with --input"
             )
         return self.collate(split.take(list(indices)), name)
+
+    def batches(self, name: str, max_examples: int, size: int) -> Iterator[dict[str, Tensor]]:
+        """At most ``max_examples`` examples of a split (a seeded random choice), collated, ``size`` at a time:
+        what statistics over the training data read (the post-hoc sampler's codes)."""
+        for batch in split_batches(self.subset(name, max_examples), size):
+            yield self.collate(batch, name)
 
     def _collate_stream(self, examples: list[dict[str, Any]], split: str) -> dict[str, Tensor]:
         return self.collate(collate_examples(examples), split)

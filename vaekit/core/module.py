@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import SumMetric
@@ -44,9 +46,15 @@ class NonFiniteError(FloatingPointError):
     """Training diverged (NaN or infinity); raised instead of saving the model."""
 
 
-def repeat_batch(batch: Batch, copies: int) -> Batch:
+def map_batch(batch: Any, function: Callable[[Tensor], Tensor]) -> Any:
+    """``function`` applied to every tensor of a batch, however nested (a joint model's batch holds one batch
+    per modality)."""
+    return apply_to_collection(batch, Tensor, function)
+
+
+def repeat_batch(batch: Any, copies: int) -> Any:
     """Repeat every tensor of a batch ``copies`` times along dim 0, copy-major."""
-    return {k: v.repeat(copies, *([1] * (v.dim() - 1))) for k, v in batch.items()}
+    return map_batch(batch, lambda v: v.repeat(copies, *([1] * (v.dim() - 1))))
 
 
 @dataclass

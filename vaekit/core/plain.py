@@ -6,6 +6,7 @@ saved value to str/int/float/bool/None/list/dict is what lets a stranger's model
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 from argparse import Namespace
 from collections.abc import Mapping
@@ -68,3 +69,19 @@ def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
         return []
     finite = torch.stack([torch.isfinite(state[k]).all().to(state[names[0]].device) for k in names]).tolist()
     return [k for k, ok in zip(names, finite, strict=True) if not ok]
+
+
+def instantiate(cls: type, args: dict[str, Any], where: str) -> Any:
+    """``cls`` built from saved arguments through jsonargparse, as `vaekit fit` builds it from a YAML config."""
+    from jsonargparse import ArgumentParser
+
+    check_plain(args, where)
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "init", fail_untyped=False)
+    try:
+        config = parser.parse_object({"init": args})
+    except Exception as err:  # jsonargparse's ArgumentError, or a type it cannot parse
+        raise ValueError(f"{where}: the saved arguments do not fit {cls.__name__} ({err})") from err
+    # In a fresh context: LightningCLI records the hyper-parameters of the class it is building in a context
+    # variable, which a part built inside that class (a joint model's plugins) would otherwise take as its own.
+    return contextvars.Context().run(parser.instantiate_classes, config).init

@@ -1,0 +1,325 @@
+"""The joint multimodal VAE: one latent space shared by several modalities, composed from installed plugins.
+
+Each part is the plugin's own model (``Modality.model``: its encoder, decoder, likelihood, writers and
+generation options), built inside the joint model with the joint latent size, so a plugin needs no code of
+its own to join. The core combines the parts' Gaussian posteriors ("experts"):
+
+- q_S(z | x_S) for a subset S of the observed modalities is their product of experts: precisions add, which
+  is exact for Gaussians and lets any subset (an example missing a modality, a command given only audio) be
+  encoded by the same networks;
+- training maximises the mixture-of-products-of-experts bound (MoPoE, Sutter et al. 2021): the average over
+  the subsets S of E_{q_S}[sum_m w_m log p(x_m|z)] - KL(q_S || p), every subset's code reconstructing every
+  observed modality. ``aggregation`` picks the subsets: ``mopoe`` all of them, ``moe`` the single modalities
+  (MMVAE's mixture of experts), ``poe`` only the full set (a plain product of experts);
+  docs/multimodal.md gives the measurements behind the default;
+- ``likelihood_weights`` w_m rebalance the modalities in training (a 784-pixel image against a 20-token
+  sentence); evaluation reports unweighted nats, per subset.
+
+A batch is one batch per modality (``{"image": {...}, "audio": {...}}``); a modality may be absent from a
+batch, and an example may lack one (``present`` False): its likelihood is not counted, its expert not
+multiplied in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from vaekit.core.distributions import DiagonalGaussian
+from vaekit.core.estimators import iw_nll
+from vaekit.core.module import VAE, ELBOTerms, OnnxGraph, repeat_batch
+from vaekit.core.plain import instantiate
+from vaekit.core.schedules import free_bits_kl
+from vaekit.modalities.registry import get_modality
+
+JointBatch = dict[str, dict[str, Tensor]]
+PRESENT = "present"  # per-example flag in a modality's batch: False where the example lacks this modality
+_ABSENT = -1e4  # the log-precision of an absent expert: exp() of it is 0, and its gradient finite
+
+
+@dataclass(frozen=True)
+class JointSpec:
+    """What the paired data tells the joint model: each part's own spec (as plain fields), the shared labels."""
+
+    parts: dict[str, dict[str, Any]]
+    label_names: list[str] = field(default_factory=list)
+
+
+def part_modality(name: str, args: dict[str, Any]) -> str:
+    """A part's modality: its ``modality`` entry, else its name (``image:`` is an image part)."""
+    return str(args.get("modality", name))
+
+
+def present(batch: dict[str, Tensor]) -> Tensor:
+    """Which examples of a modality's batch hold real data (all of them unless the batch says otherwise)."""
+    if PRESENT in batch:
+        return batch[PRESENT].bool()
+    first = next(v for v in batch.values() if isinstance(v, Tensor))
+    return torch.ones(first.shape[0], dtype=torch.bool, device=first.device)
+
+
+def product_of_experts(experts: list[tuple[DiagonalGaussian, Tensor]]) -> tuple[DiagonalGaussian, Tensor]:
+    """The product of the present experts' Gaussians per example, and which examples have any expert.
+
+    An example with none gets N(0, I) and ``valid`` False; callers leave it out.
+    """
+    if len(experts) == 1:
+        return experts[0]
+    shown = torch.stack([p for _, p in experts])  # (E, B)
+    log_precisions = torch.stack([-q.logvar for q, _ in experts]).masked_fill(~shown[..., None], _ABSENT)
+    valid = shown.any(0)
+    log_precision = torch.logsumexp(log_precisions, 0)
+    log_precision = torch.where(valid[:, None], log_precision, torch.zeros_like(log_precision))
+    weights = torch.exp(log_precisions - log_precision)  # each expert's share of the precision
+    mean = (weights * torch.stack([q.mean for q, _ in experts])).sum(0)
+    return DiagonalGaussian(mean, -log_precision), valid
+
+
+class JointVAE(VAE):
+    """One VAE over several modalities, each a part built by its plugin.
+
+    ``parts`` maps a part name to the plugin model's arguments (as under ``model.init_args`` of that plugin's
+    own recipe), with ``modality`` when the name is not the modality's (two image parts, say).
+    """
+
+    modality = "multimodal"
+    spec_type = JointSpec
+
+    def __init__(
+        self,
+        parts: dict[str, dict[str, Any]],
+        latent_dim: int = 32,
+        aggregation: Literal["mopoe", "moe", "poe"] = "mopoe",
+        likelihood_weights: dict[str, float] | None = None,
+        **core: Any,
+    ) -> None:
+        super().__init__(latent_dim=latent_dim, **core)
+        if not parts:
+            raise ValueError("a joint model needs at least one part (--model.parts); each names a modality")
+        unknown = set(likelihood_weights or {}) - set(parts)
+        if unknown:
+            raise ValueError(f"--model.likelihood_weights names {sorted(unknown)}, which are not parts ({list(parts)})")
+        self.parts = torch.nn.ModuleDict()
+        for name, args in parts.items():
+            args = {k: v for k, v in args.items() if k != "modality"}
+            if args.get("latent_dim", latent_dim) != latent_dim:
+                raise ValueError(f"part {name!r} sets latent_dim {args['latent_dim']}; the parts share the joint one")
+            plugin = get_modality(part_modality(name, parts[name])).model
+            self.parts[name] = instantiate(plugin, {**args, "latent_dim": latent_dim}, f"--model.parts.{name}")
+        self.generation_options = self._joint_options()
+        self.observed: list[str] | None = None  # set by commands given some modalities only (--from)
+        self.targets: list[str] | None = None  # set by commands that decode some modalities only (--to)
+        self.evaluation_subsets: dict[str, dict[str, float]] = {}
+
+    def _joint_options(self) -> type | None:
+        """Every part's generation options as one flag set (``--griffin-lim-iters``, ``--top-p``...)."""
+        fields = {
+            f.name: (f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata))
+            for part in self.parts.values()
+            if part.generation_options is not None
+            for f in dataclasses.fields(part.generation_options)
+        }
+        return (
+            dataclasses.make_dataclass("JointGenerationOptions", list(fields.values()), frozen=True) if fields else None
+        )
+
+    def _options_of(self, name: str, options: dict[str, Any]) -> dict[str, Any]:
+        part_options = self.parts[name].generation_options
+        if part_options is None:
+            return {}
+        return {f.name: options[f.name] for f in dataclasses.fields(part_options) if f.name in options}
+
+    # ----------------------------------------------------------------- spec
+    def build(self, spec: JointSpec) -> None:
+        missing = [name for name in self.parts if name not in spec.parts]
+        if missing:
+            raise ValueError(
+                f"the paired data has no {missing} part(s) (it has {list(spec.parts)}); configure both alike"
+            )
+        for name, part in self.parts.items():
+            part.restore_spec(part.modality, spec.parts[name])
+
+    def part_names(self, batch: JointBatch) -> list[str]:
+        """The parts a batch holds, in the model's order, less those a command left out (``observed``)."""
+        chosen = self.observed or list(self.parts)
+        return [name for name in self.parts if name in batch and name in chosen]
+
+    def subsets(self, names: list[str]) -> list[tuple[str, ...]]:
+        """The subsets of ``names`` whose posteriors the training bound mixes (``aggregation``)."""
+        if self.hparams.aggregation == "moe" or len(names) == 1:
+            return [(name,) for name in names]
+        if self.hparams.aggregation == "poe":
+            return [tuple(names)]
+        return [s for size in range(1, len(names) + 1) for s in itertools.combinations(names, size)]
+
+    def weight(self, name: str) -> float:
+        return float((self.hparams.likelihood_weights or {}).get(name, 1.0))
+
+    # ----------------------------------------------------------------- posteriors and likelihoods
+    def experts(self, batch: JointBatch, names: list[str]) -> dict[str, tuple[DiagonalGaussian, Tensor]]:
+        return {name: (self.parts[name].posterior(batch[name]), present(batch[name])) for name in names}
+
+    def subset_posterior(
+        self, experts: dict[str, tuple[DiagonalGaussian, Tensor]], subset: tuple[str, ...]
+    ) -> tuple[DiagonalGaussian, Tensor]:
+        return product_of_experts([experts[name] for name in subset])
+
+    def posterior(self, batch: JointBatch) -> DiagonalGaussian:
+        """q(z | the observed modalities): the product of their experts."""
+        names = self.part_names(batch)
+        if not names:
+            raise ValueError(f"the batch holds none of this model's modalities ({list(self.parts)})")
+        return self.subset_posterior(self.experts(batch, names), tuple(names))[0]
+
+    def log_likelihood_of(self, z: Tensor, batch: JointBatch, names: list[str], weighted: bool) -> Tensor:
+        """sum_m w_m log p(x_m | z) over the modalities ``names`` that each example holds."""
+        total = torch.zeros(z.shape[0], device=z.device)
+        for name in names:
+            log_p = self.parts[name].data_log_likelihood(z, batch[name])
+            scale = self.weight(name) if weighted else 1.0
+            total = total + scale * torch.where(present(batch[name]), log_p, torch.zeros_like(log_p))
+        return total
+
+    def _kl_per_dim(self, posterior: DiagonalGaussian, z: Tensor) -> Tensor:
+        kl_per_dim = self.prior.kl_per_dim(posterior)
+        if kl_per_dim is None:  # no closed form: single-sample Monte Carlo, spread evenly for free bits
+            kl_mc = posterior.log_prob(z) - self.prior.log_prob(z)
+            kl_per_dim = (kl_mc / z.shape[-1]).unsqueeze(-1).expand_as(z)
+        return kl_per_dim
+
+    # ----------------------------------------------------------------- the bounds
+    def elbo_terms(self, batch: JointBatch, beta: float = 1.0) -> ELBOTerms:
+        """The training bound: per example, the average over the valid subsets of their ELBOs, each subset's
+        code reconstructing every modality the example holds (weighted by ``likelihood_weights``)."""
+        names = self.part_names(batch)
+        experts = self.experts(batch, names)
+        recs, kls, valids = [], [], []
+        for subset in self.subsets(names):
+            posterior, valid = self.subset_posterior(experts, subset)
+            z = posterior.rsample()
+            recs.append(-self.log_likelihood_of(z, batch, names, weighted=True))
+            kls.append(self._kl_per_dim(posterior, z))
+            valids.append(valid)
+        share = torch.stack(valids).float()
+        share = share / share.sum(0).clamp(min=1)  # (S, B): each example's average over its valid subsets
+        rec = (torch.stack(recs) * share).sum(0)
+        kl_per_dim = (torch.stack(kls) * share[..., None]).sum(0)
+        loss = rec.mean() + beta * free_bits_kl(kl_per_dim, self.hparams.free_bits)
+        joint = self.subset_posterior(experts, tuple(names))[0]
+        return ELBOTerms(loss=loss, rec=rec, kl=kl_per_dim.sum(-1), kl_per_dim=kl_per_dim, posterior=joint)
+
+    def subset_terms(self, batch: JointBatch, subset: tuple[str, ...]) -> ELBOTerms:
+        """The ELBO of log p(x_S) for the modalities S alone, under q_S, in unweighted nats."""
+        posterior, _ = self.subset_posterior(self.experts(batch, list(subset)), subset)
+        z = posterior.rsample()
+        rec = -self.log_likelihood_of(z, batch, list(subset), weighted=False)
+        kl_per_dim = self._kl_per_dim(posterior, z)
+        kl = kl_per_dim.sum(-1)
+        return ELBOTerms(loss=(rec + kl).mean(), rec=rec, kl=kl, kl_per_dim=kl_per_dim, posterior=posterior)
+
+    def subset_nll(self, batch: JointBatch, subset: tuple[str, ...], num_samples: int) -> Tensor:
+        """Importance-weighted -log p(x_S) with q_S as the proposal."""
+        posterior, _ = self.subset_posterior(self.experts(batch, list(subset)), subset)
+        parts = {name: batch[name] for name in subset}
+
+        def log_likelihood(z: Tensor, copies: int) -> Tensor:
+            return self.log_likelihood_of(z, repeat_batch(parts, copies), list(subset), weighted=False)
+
+        return iw_nll(posterior, self.prior, log_likelihood, num_samples, self.hparams.iw_max_rows)
+
+    def nll(self, batch: JointBatch, num_samples: int) -> Tensor:
+        return self.subset_nll(batch, tuple(self.part_names(batch)), num_samples)
+
+    # ----------------------------------------------------------------- evaluation (vaekit evaluate)
+    def test_step(self, batch: JointBatch, batch_idx: int) -> None:
+        """Per subset of the observed modalities: its ELBO and IW NLL over the examples that hold all of it;
+        the full set's figures are the top-level ``elbo``/``nll`` of `vaekit evaluate`."""
+        names = self.part_names(batch)
+        for size in range(1, len(names) + 1):
+            for subset in itertools.combinations(names, size):
+                terms = self.subset_terms(batch, subset)
+                nll = self.subset_nll(batch, subset, self.eval_iw_samples) if self.eval_iw_samples else -terms.elbo
+                rows = torch.stack([present(batch[name]) for name in subset]).all(0)
+                sums = self.evaluation_subsets.setdefault("+".join(subset), {})
+                for key, value in (("elbo", terms.elbo), ("rec", terms.rec), ("kl", terms.kl), ("nll", nll)):
+                    sums[key] = sums.get(key, 0.0) + float(value[rows].double().sum())
+                sums["count"] = sums.get("count", 0.0) + float(rows.sum())
+        self._eval_diagnostics.update(self.posterior(batch))
+
+    def on_test_epoch_end(self) -> None:
+        stats = self._eval_diagnostics.compute()
+        self._eval_diagnostics.reset()
+        subsets = {
+            key: {
+                "num_examples": int(s["count"]),
+                **{k: s[k] / max(s["count"], 1) for k in ("elbo", "rec", "kl", "nll")},
+            }
+            for key, s in self.evaluation_subsets.items()
+        }
+        self.evaluation_subsets = {}
+        full = subsets[max(subsets, key=lambda k: k.count("+"))]
+        self.evaluation = {
+            "iw_samples": self.eval_iw_samples,
+            **full,
+            "active_units": int(stats["active_units"]),
+            "mutual_info": float(stats["mutual_info"]),
+            "subsets": subsets,
+        }
+
+    def predict_step(self, batch: JointBatch, batch_idx: int) -> dict[str, Tensor]:
+        """Embeddings and anomaly scores from the observed modalities (all, or `--from`)."""
+        subset = tuple(self.part_names(batch))
+        terms = self.subset_terms(batch, subset)
+        out = {
+            "mean": terms.posterior.mean,
+            "logvar": terms.posterior.logvar,
+            "neg_elbo": -terms.elbo,
+            "label": batch[subset[0]].get("label", torch.full_like(terms.rec, -1, dtype=torch.long)),
+        }
+        if self.eval_iw_samples > 0:
+            out["nll"] = self.subset_nll(batch, subset, self.eval_iw_samples)
+        if self.score_complexity:
+            out["complexity_bits"] = self.complexity_bits(batch).to(terms.rec.device, terms.rec.dtype)
+        return out
+
+    def complexity_bits(self, batch: JointBatch) -> Tensor:
+        return sum(self.parts[name].complexity_bits(batch[name]) for name in self.part_names(batch))
+
+    # ----------------------------------------------------------------- generation
+    def generate(self, z: Tensor, deterministic: bool = False, **options: Any) -> dict[str, Any]:
+        """Each modality (all, or ``targets``) decoded from the same latents: sample i of every modality
+        comes from z[i]."""
+        names = self.targets or list(self.parts)
+        return {
+            name: self.parts[name].generate(z, deterministic=deterministic, **self._options_of(name, options))
+            for name in names
+        }
+
+    def as_outputs(self, batch: JointBatch) -> dict[str, Any]:
+        return {name: self.parts[name].as_outputs(batch[name]) for name in self.part_names(batch)}
+
+    def save_outputs(
+        self, data: dict[str, Any], out_dir: Path, stem: str, nrow: int | None = None, **options: Any
+    ) -> list[Path]:
+        """Each modality's files in its own folder (``image/samples_0003.png`` beside ``audio/samples_0003.wav``)."""
+        paths = []
+        for name, values in data.items():
+            part = self.parts[name]
+            paths += part.save_outputs(values, Path(out_dir) / name, stem, nrow=nrow, **self._options_of(name, options))
+        return paths
+
+    def log_media(self, writer: Any, tag: str, data: dict[str, Any], step: int) -> None:
+        for name, values in data.items():
+            self.parts[name].log_media(writer, f"{tag}/{name}", values, step)
+
+    def onnx_graphs(self) -> dict[str, OnnxGraph]:
+        """Every part's graphs, named ``<part>_decoder``, ``<part>_encoder`` (each expert separately)."""
+        return {
+            f"{name}_{graph}": value for name, part in self.parts.items() for graph, value in part.onnx_graphs().items()
+        }
