@@ -4,9 +4,9 @@ Each part is loaded by its own plugin's data module, with that module's own spli
 FSDD test speaker stays unseen, whatever it is paired with). Tuples are formed
 
 - by a shared label (``pair_by: label``): each example of the anchor part (the part with fewest examples in
-  the split, unless ``anchor`` names one) is joined by an example of the same label from every other part,
-  drawn afresh each training epoch and once, with the seed, for validation and test; labels are matched by
-  name across the parts;
+  the split; for training, ``anchor`` may name another) is joined by an example of the same label from every
+  other part, drawn afresh each training epoch and once, with the seed, for validation and test; labels are
+  matched by name across the parts;
 - or by an index file (``pair_by: index``): a CSV with one column per part, a ``split`` column
   (train/val/test) and optionally a ``label`` column; each cell is what that plugin's ``load_inputs`` reads
   (a file path, relative to the index file, or a sentence). An empty cell is a missing modality.
@@ -203,8 +203,10 @@ class PairedDataModule(VAEDataModule):
         return all(split in m.splits for m in self.part_modules.values())
 
     def _label_pairing(self, split: str) -> Pairing:
-        anchor = self.hparams.anchor or min(self.part_modules, key=lambda n: len(self.part_modules[n].split(split)))
-        return Pairing(self, split, anchor)
+        """Validation and test go through the part with the fewest examples there, each once (each of a
+        held-out speaker's clips, say); training through ``anchor`` if set, so an epoch can be longer."""
+        fewest = min(self.part_modules, key=lambda n: len(self.part_modules[n].split(split)))
+        return Pairing(self, split, self.hparams.anchor if split == "train" and self.hparams.anchor else fewest)
 
     def _index_pairings(self) -> dict[str, IndexPairing]:
         path = Path(self.hparams.index_file)
