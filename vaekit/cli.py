@@ -1,7 +1,7 @@
 """The `vaekit` command: LightningCLI for training, checkpoint-only commands for everything after.
 
 vaekit fit --config configs/<modality>/<name>.yaml [overrides]
-vaekit {sample,reconstruct,interpolate,traverse,evaluate,encode,score} MODEL ...
+vaekit {sample,reconstruct,interpolate,traverse,translate,evaluate,encode,score} MODEL ...
 vaekit export CKPT --out DIR [--onnx]        vaekit push DIR REPO_ID
 vaekit recipes [--copy NAME DEST]
 
