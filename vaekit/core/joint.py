@@ -39,6 +39,7 @@ from vaekit.core.schedules import free_bits_kl
 from vaekit.modalities.registry import get_modality
 
 JointBatch = dict[str, dict[str, Tensor]]
+Experts = dict[str, tuple[DiagonalGaussian, Tensor]]  # each modality's posterior and which rows hold it
 PRESENT = "present"  # per-example flag in a modality's batch: False where the example lacks this modality
 _ABSENT = -1e4  # the log-precision of an absent expert: exp() of it is 0, and its gradient finite
 
@@ -162,12 +163,10 @@ class JointVAE(VAE):
         return float((self.hparams.likelihood_weights or {}).get(name, 1.0))
 
     # ----------------------------------------------------------------- posteriors and likelihoods
-    def experts(self, batch: JointBatch, names: list[str]) -> dict[str, tuple[DiagonalGaussian, Tensor]]:
+    def experts(self, batch: JointBatch, names: list[str]) -> Experts:
         return {name: (self.parts[name].posterior(batch[name]), present(batch[name])) for name in names}
 
-    def subset_posterior(
-        self, experts: dict[str, tuple[DiagonalGaussian, Tensor]], subset: tuple[str, ...]
-    ) -> tuple[DiagonalGaussian, Tensor]:
+    def subset_posterior(self, experts: Experts, subset: tuple[str, ...]) -> tuple[DiagonalGaussian, Tensor]:
         return product_of_experts([experts[name] for name in subset])
 
     def posterior(self, batch: JointBatch) -> DiagonalGaussian:
@@ -186,13 +185,6 @@ class JointVAE(VAE):
             total = total + scale * torch.where(present(batch[name]), log_p, torch.zeros_like(log_p))
         return total
 
-    def _kl_per_dim(self, posterior: DiagonalGaussian, z: Tensor) -> Tensor:
-        kl_per_dim = self.prior.kl_per_dim(posterior)
-        if kl_per_dim is None:  # no closed form: single-sample Monte Carlo, spread evenly for free bits
-            kl_mc = posterior.log_prob(z) - self.prior.log_prob(z)
-            kl_per_dim = (kl_mc / z.shape[-1]).unsqueeze(-1).expand_as(z)
-        return kl_per_dim
-
     # ----------------------------------------------------------------- the bounds
     def elbo_terms(self, batch: JointBatch, beta: float = 1.0) -> ELBOTerms:
         """The training bound: per example, the average over the valid subsets of their ELBOs, each subset's
@@ -204,7 +196,7 @@ class JointVAE(VAE):
             posterior, valid = self.subset_posterior(experts, subset)
             z = posterior.rsample()
             recs.append(-self.log_likelihood_of(z, batch, names, weighted=True))
-            kls.append(self._kl_per_dim(posterior, z))
+            kls.append(self.kl_per_dim(posterior, z))
             valids.append(valid)
         share = torch.stack(valids).float()
         share = share / share.sum(0).clamp(min=1)  # (S, B): each example's average over its valid subsets
@@ -214,18 +206,21 @@ class JointVAE(VAE):
         joint = self.subset_posterior(experts, tuple(names))[0]
         return ELBOTerms(loss=loss, rec=rec, kl=kl_per_dim.sum(-1), kl_per_dim=kl_per_dim, posterior=joint)
 
-    def subset_terms(self, batch: JointBatch, subset: tuple[str, ...]) -> ELBOTerms:
-        """The ELBO of log p(x_S) for the modalities S alone, under q_S, in unweighted nats."""
-        posterior, _ = self.subset_posterior(self.experts(batch, list(subset)), subset)
+    def subset_terms(self, batch: JointBatch, subset: tuple[str, ...], experts: Experts | None = None) -> ELBOTerms:
+        """The ELBO of log p(x_S) for the modalities S alone, under q_S, in unweighted nats (``experts``:
+        the batch's, when already encoded)."""
+        posterior, _ = self.subset_posterior(experts or self.experts(batch, list(subset)), subset)
         z = posterior.rsample()
         rec = -self.log_likelihood_of(z, batch, list(subset), weighted=False)
-        kl_per_dim = self._kl_per_dim(posterior, z)
+        kl_per_dim = self.kl_per_dim(posterior, z)
         kl = kl_per_dim.sum(-1)
         return ELBOTerms(loss=(rec + kl).mean(), rec=rec, kl=kl, kl_per_dim=kl_per_dim, posterior=posterior)
 
-    def subset_nll(self, batch: JointBatch, subset: tuple[str, ...], num_samples: int) -> Tensor:
+    def subset_nll(
+        self, batch: JointBatch, subset: tuple[str, ...], num_samples: int, experts: Experts | None = None
+    ) -> Tensor:
         """Importance-weighted -log p(x_S) with q_S as the proposal."""
-        posterior, _ = self.subset_posterior(self.experts(batch, list(subset)), subset)
+        posterior, _ = self.subset_posterior(experts or self.experts(batch, list(subset)), subset)
         parts = {name: batch[name] for name in subset}
 
         def log_likelihood(z: Tensor, copies: int) -> Tensor:
@@ -236,21 +231,33 @@ class JointVAE(VAE):
     def nll(self, batch: JointBatch, num_samples: int) -> Tensor:
         return self.subset_nll(batch, tuple(self.part_names(batch)), num_samples)
 
+    def scoring_terms(self, batch: JointBatch) -> ELBOTerms:
+        """`encode` and `score` report the observed modalities' own ELBO (all, or `--from`)."""
+        return self.subset_terms(batch, tuple(self.part_names(batch)))
+
+    def labels(self, batch: JointBatch) -> Tensor | None:
+        return batch[self.part_names(batch)[0]].get("label")
+
     # ----------------------------------------------------------------- evaluation (vaekit evaluate)
     def test_step(self, batch: JointBatch, batch_idx: int) -> None:
         """Per subset of the observed modalities: its ELBO and IW NLL over the examples that hold all of it;
         the full set's figures are the top-level ``elbo``/``nll`` of `vaekit evaluate`."""
         names = self.part_names(batch)
+        experts = self.experts(batch, names)  # encoded once for every subset
         for size in range(1, len(names) + 1):
             for subset in itertools.combinations(names, size):
-                terms = self.subset_terms(batch, subset)
-                nll = self.subset_nll(batch, subset, self.eval_iw_samples) if self.eval_iw_samples else -terms.elbo
+                terms = self.subset_terms(batch, subset, experts)
+                nll = (
+                    self.subset_nll(batch, subset, self.eval_iw_samples, experts)
+                    if self.eval_iw_samples
+                    else -terms.elbo
+                )
                 rows = torch.stack([present(batch[name]) for name in subset]).all(0)
                 sums = self.evaluation_subsets.setdefault("+".join(subset), {})
                 for key, value in (("elbo", terms.elbo), ("rec", terms.rec), ("kl", terms.kl), ("nll", nll)):
                     sums[key] = sums.get(key, 0.0) + float(value[rows].double().sum())
                 sums["count"] = sums.get("count", 0.0) + float(rows.sum())
-        self._eval_diagnostics.update(self.posterior(batch))
+        self._eval_diagnostics.update(terms.posterior)  # the last subset's: all the observed modalities
 
     def on_test_epoch_end(self) -> None:
         stats = self._eval_diagnostics.compute()
@@ -271,22 +278,6 @@ class JointVAE(VAE):
             "mutual_info": float(stats["mutual_info"]),
             "subsets": subsets,
         }
-
-    def predict_step(self, batch: JointBatch, batch_idx: int) -> dict[str, Tensor]:
-        """Embeddings and anomaly scores from the observed modalities (all, or `--from`)."""
-        subset = tuple(self.part_names(batch))
-        terms = self.subset_terms(batch, subset)
-        out = {
-            "mean": terms.posterior.mean,
-            "logvar": terms.posterior.logvar,
-            "neg_elbo": -terms.elbo,
-            "label": batch[subset[0]].get("label", torch.full_like(terms.rec, -1, dtype=torch.long)),
-        }
-        if self.eval_iw_samples > 0:
-            out["nll"] = self.subset_nll(batch, subset, self.eval_iw_samples)
-        if self.score_complexity:
-            out["complexity_bits"] = self.complexity_bits(batch).to(terms.rec.device, terms.rec.dtype)
-        return out
 
     def complexity_bits(self, batch: JointBatch) -> Tensor:
         return sum(self.parts[name].complexity_bits(batch[name]) for name in self.part_names(batch))

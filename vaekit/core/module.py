@@ -311,13 +311,19 @@ class VAE(pl.LightningModule):
         posterior = self.posterior(batch)
         z = posterior.rsample()
         rec = -self.data_log_likelihood(z, batch)
-        kl_per_dim = self.prior.kl_per_dim(posterior)
-        if kl_per_dim is None:  # no closed form: single-sample Monte Carlo, spread evenly for free bits
-            kl_mc = posterior.log_prob(z) - self.prior.log_prob(z)
-            kl_per_dim = (kl_mc / z.shape[-1]).unsqueeze(-1).expand_as(z)
+        kl_per_dim = self.kl_per_dim(posterior, z)
         kl = kl_per_dim.sum(-1)
         loss = rec.mean() + beta * free_bits_kl(kl_per_dim, self.hparams.free_bits)
         return ELBOTerms(loss=loss, rec=rec, kl=kl, kl_per_dim=kl_per_dim, posterior=posterior)
+
+    def kl_per_dim(self, posterior: DiagonalGaussian, z: Tensor) -> Tensor:
+        """KL(q || p) per latent dimension: analytic where the prior allows, else single-sample Monte Carlo at
+        ``z`` spread evenly over the dimensions (for free bits)."""
+        kl_per_dim = self.prior.kl_per_dim(posterior)
+        if kl_per_dim is None:
+            kl_mc = posterior.log_prob(z) - self.prior.log_prob(z)
+            kl_per_dim = (kl_mc / z.shape[-1]).unsqueeze(-1).expand_as(z)
+        return kl_per_dim
 
     def nll(self, batch: Batch, num_samples: int) -> Tensor:
         """Importance-weighted -log p(x) per example with ``num_samples`` samples."""
@@ -447,14 +453,23 @@ class VAE(pl.LightningModule):
             metric.reset()
         self._eval_diagnostics.reset()
 
+    def scoring_terms(self, batch: Batch) -> ELBOTerms:
+        """The bound `vaekit encode`/`score` report: the ELBO (a joint model: of the modalities observed)."""
+        return self.elbo_terms(batch)
+
+    def labels(self, batch: Batch) -> Tensor | None:
+        """The batch's labels, if the data has them."""
+        return batch.get("label")
+
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         """Per-example embeddings and anomaly scores (`vaekit encode` / `vaekit score`)."""
-        terms = self.elbo_terms(batch)
+        terms = self.scoring_terms(batch)
+        labels = self.labels(batch)
         out = {
             "mean": terms.posterior.mean,
             "logvar": terms.posterior.logvar,
             "neg_elbo": -terms.elbo,
-            "label": batch.get("label", torch.full_like(terms.rec, -1, dtype=torch.long)),
+            "label": labels if labels is not None else torch.full_like(terms.rec, -1, dtype=torch.long),
         }
         if self.eval_iw_samples > 0:
             out["nll"] = self.nll(batch, self.eval_iw_samples)

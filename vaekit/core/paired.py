@@ -70,10 +70,10 @@ class Pairing:
                 continue
             known = label.clamp(min=0)
             has = (label >= 0) & (counts[known] > 0)
-            pick = (torch.rand(len(rows), generator=generator) * counts[known]).long()
-            index = (offsets[known] + pick).clamp(max=max(len(order) - 1, 0))
-            partner = torch.where(has, order[index] if len(order) else torch.zeros_like(index), torch.zeros_like(index))
-            chosen[name] = (partner, has)
+            pick = offsets[known] + (torch.rand(len(rows), generator=generator) * counts[known]).long()
+            # Rows without a partner take the part's first example as a stand-in (``present`` False).
+            partner = order[pick[has]] if has.any() else torch.zeros(0, dtype=torch.long)
+            chosen[name] = (torch.zeros_like(rows).masked_scatter(has, partner), has)
         return chosen
 
     def batch(self, rows: Sequence[int]) -> JointBatch:
