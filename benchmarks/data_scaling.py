@@ -57,7 +57,7 @@ def _peak_mb() -> float:
 def child(argv: list[str]) -> None:
     """One `vaekit fit` (or, with ``prepare``, one data-module setup) in this process; prints its peak RSS."""
     if argv[0] == "prepare":
-        from vaekit.cli import build_cli
+        from vaekit.cli.fit import build_cli
 
         cli = build_cli(argv[1:], run=False, save_config_callback=None)
         cli.datamodule.setup("fit")

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from vaekit.cli import build_cli
+from vaekit.cli.fit import build_cli
 from vaekit.core.data import VAEDataModule
 from vaekit.core.module import VAE
 

@@ -180,7 +180,7 @@ def test_the_bound_stays_float32_under_bf16_autocast(modality: str, tmp_path: Pa
 
 
 def _tiny(modality: str, tmp_path: Path) -> tuple[VAEDataModule, pl.LightningModule]:
-    from vaekit.cli import build_cli
+    from vaekit.cli.fit import build_cli
 
     cli = build_cli(["--config", TINY[modality], "--trainer.default_root_dir", str(tmp_path)], run=False)
     cli.datamodule.setup("fit")

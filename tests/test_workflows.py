@@ -17,7 +17,8 @@ from PIL import Image
 
 from tests.conftest import fit_args, install_plugin, vaekit, vaekit_subprocess
 from vaekit.checkpoint import load_datamodule, load_model
-from vaekit.cli import Session, _add_options
+from vaekit.cli.parser import _add_options
+from vaekit.cli.session import Session
 from vaekit.modalities.audio import AudioDataModule
 from vaekit.modalities.image import ImageDataModule
 from vaekit.modalities.text import TextDataModule, TextVAE

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import errno
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint, ModelSummary
 from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from pytorch_lightning.utilities.model_summary import get_human_readable_count
 
+from vaekit.core.io import atomic_path
 from vaekit.core.module import VAE, map_batch
 from vaekit.core.samplers import GaussianMixtureSampler
 
@@ -143,6 +147,30 @@ class LogMedia(pl.Callback):
             writer.add_histogram("val/kl_per_dim", pl_module.last_kl_per_dim, step)
 
 
+class DurableCheckpointIO(TorchCheckpointIO):
+    """Checkpoint files that no crash can lose: written to a temporary file in the checkpoint's own folder,
+    flushed to disk, then renamed over the old one (``atomic_path``). Lightning's own save stages the file in
+    the system's temporary folder, and on another filesystem (a cluster's shared disk, a mounted volume) its
+    final move truncates the old checkpoint before copying: kill -9 then left a 0-byte last.ckpt. A failed
+    write (a full disk) leaves the previous file intact and says so in one line. URLs (``s3://``) keep
+    Lightning's fsspec transaction."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        try:
+            with atomic_path(path, durable=True) as tmp:
+                torch.save(checkpoint, tmp)
+        except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
+            free = shutil.disk_usage(Path(path).parent).free
+            raise OSError(
+                errno.ENOSPC if free < 1 << 20 else errno.EIO,
+                f"could not write {path} ({str(err).splitlines()[0]}; {free >> 20} MB free there). The previous "
+                "checkpoint is intact: free some space, then resume with --ckpt_path",
+            ) from err
+
+
 class ResumableCheckpoint(ModelCheckpoint):
     """A ModelCheckpoint that, on resume, counts the best files already in its folder among its top-k.
 
@@ -159,7 +187,13 @@ class ResumableCheckpoint(ModelCheckpoint):
         for path in Path(self.dirpath).glob(f"{prefix}*{self.FILE_EXTENSION}"):
             if str(path) in self.best_k_models:
                 continue
-            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as err:  # a truncated file (written by vaekit < 0.3, or damaged): set aside
+                aside = path.with_name(path.name + ".damaged")
+                path.rename(aside)
+                rank_zero_warn(f"{path} cannot be read ({type(err).__name__}); moved aside to {aside.name}")
+                continue
             score = saved.get("callbacks", {}).get(self.state_key, {}).get("best_model_score")
             if score is not None:
                 self.best_k_models[str(path)] = score

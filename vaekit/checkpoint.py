@@ -21,7 +21,9 @@ import torch
 
 from vaekit.core.data import VAEDataModule
 from vaekit.core.module import CHECKPOINT_FORMAT, CHECKPOINT_KEY, VAE
-from vaekit.core.plain import check_plain, instantiate, nonfinite_tensors, without_private
+from vaekit.core.plain import check_plain, instantiate, nonfinite_tensors, oversized_views, without_private
+from vaekit.core.schema import check_fields, check_value, shorten
+from vaekit.errors import ModalityNotFound
 from vaekit.modalities.registry import get_modality
 
 CONFIG_FILE = "config.json"
@@ -50,6 +52,37 @@ class ModelRecord:
         """Refuse anything that is not plain data or that names code to import."""
         for name in ("model_args", "data_args", "spec"):
             check_plain(getattr(self, name), f"{self.source}: {name}")
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """The schema of what vaekit writes under a checkpoint's ``vaekit`` entry (format 1 lacked the last three)."""
+
+    modality: str
+    spec: dict[str, Any] | None = None
+    model_class: str | None = None
+    datamodule_class: str | None = None
+    format: int = 1
+    vaekit_version: str = "0.1.0"
+    recipe: str = ""
+
+
+@dataclass(frozen=True)
+class ExportedConfig:
+    """The schema of an exported folder's ``config.json``."""
+
+    format: str
+    modality: str
+    model_args: dict[str, Any]
+    data_args: dict[str, Any]
+    spec: dict[str, Any]
+    model_class: str | None = None
+    datamodule_class: str | None = None
+    vaekit_version: str = ""
+    plugin: dict[str, str] | None = None
+    assets: dict[str, list[str]] | None = None
+    training: dict[str, int | str | None] | None = None
+    recipe: str = ""
 
 
 # --------------------------------------------------------------------------- reading
@@ -82,6 +115,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(
             f"{path}: not a vaekit checkpoint (no '{CHECKPOINT_KEY}' entry); pass a .ckpt written by `vaekit fit`"
         )
+    lying = oversized_views(checkpoint)
+    if lying:
+        raise ValueError(
+            f"{path}: refused, {len(lying)} tensor(s) claim more data than the file stores (e.g. {lying[0]}); "
+            "vaekit never writes such views, so the file was crafted or damaged"
+        )
     check_finite(checkpoint["state_dict"], path)
     return checkpoint
 
@@ -100,8 +139,14 @@ def record_from_checkpoint(checkpoint: dict[str, Any], source: str | Path) -> Mo
     meta = checkpoint[CHECKPOINT_KEY]
     if not isinstance(meta, dict) or not isinstance(meta.get("modality"), str):
         raise ValueError(f"{source}: its '{CHECKPOINT_KEY}' entry is damaged (no modality)")
-    if meta.get("format", 1) > CHECKPOINT_FORMAT:
-        raise ValueError(f"{source}: written by a newer vaekit ({meta.get('vaekit_version')}); upgrade vaekit")
+    version = meta.get("format", 1)
+    if isinstance(version, int) and not isinstance(version, bool) and version > CHECKPOINT_FORMAT:
+        raise ValueError(f"{source}: written by a newer vaekit ({shorten(meta.get('vaekit_version'))}); upgrade vaekit")
+    check_fields(CheckpointMeta, meta, f"{source}: {CHECKPOINT_KEY}")
+    for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+        check_value(checkpoint.get(key), dict[str, Any] | None, f"{source}: {key}")
+    for key in ("global_step", "epoch"):
+        check_value(checkpoint.get(key), int | None, f"{source}: {key}")
     return ModelRecord(
         modality=meta["modality"],
         model_class=meta.get("model_class"),
@@ -130,10 +175,11 @@ def read_exported(folder: Path) -> tuple[ModelRecord, dict[str, torch.Tensor]]:
         )
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{config_path}: not valid JSON ({err}); re-export the model") from err
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{config_path}: not valid JSON ({type(err).__name__}: {err}); re-export the model") from err
     if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
         raise ValueError(f'{config_path}: not a vaekit model config (no "format": "{EXPORT_FORMAT}")')
+    check_fields(ExportedConfig, config, str(config_path))
     modality_class = get_modality(str(config.get("modality"))).resolve(config.get("model_class"), VAE)
     spec = dict(config.get("spec") or {})
     for filename, fields in modality_class.spec_assets.items():
@@ -164,10 +210,15 @@ def read_asset(path: Path, fields: tuple[str, ...]) -> dict[str, Any]:
     """Spec fields kept as a plain file: the text itself for one string field, else a JSON object."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; the exported folder is incomplete, re-export the model")
-    text = path.read_text(encoding="utf-8")
-    if len(fields) == 1 and fields[0].endswith("_json"):
-        return {fields[0]: text}
-    values = json.loads(text)
+    try:
+        text = path.read_text(encoding="utf-8")
+        if len(fields) == 1 and fields[0].endswith("_json"):
+            return {fields[0]: text}
+        values = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path}: not valid JSON text ({type(err).__name__}: {err}); re-export the model") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a JSON object with {', '.join(fields)}; re-export the model")
     missing = [f for f in fields if f not in values]
     if missing:
         raise ValueError(f"{path}: lacks {', '.join(missing)}; re-export the model")
@@ -197,6 +248,7 @@ def build_model(record: ModelRecord, state: dict[str, torch.Tensor]) -> VAE:
     """The model a record describes, with ``state`` loaded; shape mismatches are named, not raised raw."""
     record.check()
     model_class = get_modality(record.modality).resolve(record.model_class, VAE)
+    check_size(model_class, record, state)
     model = instantiate(model_class, record.model_args, f"{record.source}: model arguments")
     model.restore_spec(record.modality, record.spec)
     model.recipe = record.recipe
@@ -209,6 +261,31 @@ def build_model(record: ModelRecord, state: dict[str, torch.Tensor]) -> VAE:
             f"...); the file was altered or comes from an incompatible vaekit"
         ) from err
     return model
+
+
+def check_size(model_class: type[VAE], record: ModelRecord, state: dict[str, torch.Tensor]) -> None:
+    """Refuse a model whose arguments describe more weights than the file holds, before allocating any:
+    the architecture is first built on the meta device, where tensors have shapes but no memory."""
+    try:
+        with torch.device("meta"):
+            probe = instantiate(model_class, record.model_args, f"{record.source}: model arguments")
+            probe.restore_spec(record.modality, record.spec)
+    except ModalityNotFound:
+        raise
+    except ValueError as err:  # named by the file, as every error about a saved model
+        raise ValueError(str(err) if str(err).startswith(record.source) else f"{record.source}: {err}") from err
+    except Exception as err:  # whatever a constructor raises on sizes it was never meant to see
+        raise ValueError(
+            f"{record.source}: its arguments do not describe a model that can be built "
+            f"({type(err).__name__}: {shorten(str(err))}); the file was altered or comes from an incompatible vaekit"
+        ) from err
+    needed = sum(t.numel() for t in probe.state_dict().values())
+    held = sum(t.numel() for t in state.values())
+    if needed > held:
+        raise ValueError(
+            f"{record.source}: its arguments describe a model of {needed:,} values but its weights hold {held:,}; "
+            "the file was altered or comes from an incompatible vaekit"
+        )
 
 
 def load_model(source: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, ModelRecord]:

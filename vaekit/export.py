@@ -42,11 +42,12 @@ def export_model(
     num_samples: int = 16,
 ) -> list[Path]:
     """Write the exported folder's files into ``out`` (an empty folder); returns the paths written."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     # Cloned: tied weights (one tensor under two names) must be two tensors in safetensors.
     state = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
-    save_file(state, out / WEIGHTS_FILE, metadata={"format": "pt", "vaekit_version": __version__})
+    # Serialised in memory, written by Python: a full disk is then an OSError the CLI reports in one line.
+    (out / WEIGHTS_FILE).write_bytes(save(state, metadata={"format": "pt", "vaekit_version": __version__}))
     paths = [out / WEIGHTS_FILE]
     spec = dict(record.spec)
     for filename, fields in type(model).spec_assets.items():

@@ -13,12 +13,13 @@ constant-ish digit a high likelihood, so "low likelihood = anomaly" fails on the
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
-from torch import Tensor
+if TYPE_CHECKING:  # the CLI's parser reads CORRECTIONS, and must not import torch for it
+    from torch import Tensor
 
 Correction = Literal["none", "typicality", "complexity"]
-CORRECTIONS: tuple[str, ...] = ("none", "typicality", "complexity")
+CORRECTIONS: tuple[str, ...] = get_args(Correction)
 
 
 def anomaly_score(

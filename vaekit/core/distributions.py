@@ -122,8 +122,9 @@ class VampPrior(Prior):
         super().__init__()
         self.encode = encode
         generator = torch.Generator().manual_seed(0)
-        noise = torch.randn(components, *example.shape[1:], generator=generator)
-        self.pseudo_inputs = torch.nn.Parameter(example[:1].detach().cpu().float() + 0.1 * noise)
+        noise = torch.randn(components, *example.shape[1:], generator=generator, device="cpu")
+        # On the example's device: the meta device too, where vaekit first sizes a saved model (no data to copy).
+        self.pseudo_inputs = torch.nn.Parameter(example[:1].detach().float() + 0.1 * noise.to(example.device))
 
     def components(self) -> tuple[Tensor, Tensor]:
         mean, logvar = self.encode(self.pseudo_inputs)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import glob
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 _PART = ".part"
 
@@ -63,9 +65,22 @@ def _make_parent(path: Path) -> None:
         ) from err
 
 
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
+def atomic_path(path: str | Path, durable: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds.
+
+    The temporary file is in ``path``'s own folder, so the final rename never crosses filesystems (a
+    cross-device move truncates the destination before copying). ``durable`` also flushes the file and
+    the folder to the disk, so a power cut after return keeps the new file: for checkpoints.
+    """
     path = Path(path)
     _make_parent(path)
     if not path.parent.name.endswith(_PART):  # inside a staging folder there is nothing stale to sweep
@@ -75,7 +90,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes private files; outputs get normal permissions
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, path)
+        if durable:
+            _fsync(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -119,3 +138,37 @@ def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+class RunLock:
+    """An exclusive lock on a run's folder, so two trainings never write into one: ``flock`` on a hidden file,
+    which the kernel releases when the process ends, so a killed run never leaves a stale lock."""
+
+    NAME = ".vaekit-run.lock"
+
+    def __init__(self, folder: str | Path) -> None:
+        self.path = Path(folder) / self.NAME
+        self.handle: Any = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the run, closed by release()
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise FileExistsError(
+                f"{self.path.parent} is in use by another `vaekit fit` (pid {holder}); wait for it to finish, or "
+                "train into another --trainer.default_root_dir"
+            ) from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self.handle = handle
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing the descriptor releases the flock
+            self.handle = None

@@ -35,6 +35,7 @@ from vaekit.core.likelihoods import Likelihood
 from vaekit.core.plain import nonfinite_tensors, to_plain
 from vaekit.core.samplers import SAMPLERS
 from vaekit.core.schedules import BetaSchedule, free_bits_kl
+from vaekit.core.schema import check_fields
 
 Batch = dict[str, Tensor]
 CHECKPOINT_KEY = "vaekit"
@@ -284,6 +285,7 @@ class VAE(pl.LightningModule):
                 f"the checkpoint holds a {modality!r} model but this is a {self.modality!r} model; "
                 f"use a config of the {modality} modality or another checkpoint"
             )
+        check_fields(self.spec_type, spec_fields, "the saved data spec")
         try:
             spec = self.spec_type(**spec_fields)
         except TypeError as err:

@@ -15,10 +15,9 @@ from typing import Any
 
 import torch
 
-PlainData = str | int | float | bool | None | list["PlainData"] | dict[str, "PlainData"]
+from vaekit.core.schema import IMPORT_KEYS, check_arguments
 
-# Keys by which jsonargparse and Lightning name a class to import; a saved file must never carry one.
-IMPORT_KEYS = frozenset({"class_path", "_class_path", "_instantiator", "init_args", "dict_kwargs", "__path__"})
+PlainData = str | int | float | bool | None | list["PlainData"] | dict[str, "PlainData"]
 
 
 def to_plain(value: Any, where: str = "value") -> PlainData:
@@ -71,11 +70,40 @@ def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
     return [k for k, ok in zip(names, finite, strict=True) if not ok]
 
 
+def tensors_in(value: Any, where: str = "") -> list[tuple[str, torch.Tensor]]:
+    """Every tensor in a loaded checkpoint (nested dicts and lists), with where it sits."""
+    if isinstance(value, torch.Tensor):
+        return [(where, value)]
+    if isinstance(value, Mapping):
+        return [found for k, v in value.items() for found in tensors_in(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(value, list | tuple):
+        return [found for i, v in enumerate(value) for found in tensors_in(v, f"{where}[{i}]")]
+    return []
+
+
+def oversized_views(value: Any) -> list[str]:
+    """Tensors whose shape claims more data than their storage holds (a stride-0 or overlapping view: 4 bytes
+    that read as 8 GB once anything expands them), or that reach past their storage's end."""
+    bad = []
+    for where, t in tensors_in(value):
+        stored = t.untyped_storage().nbytes()
+        if t.numel() == 0:
+            continue
+        last = t.storage_offset() + sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride(), strict=True))
+        if t.numel() * t.element_size() > stored or (last + 1) * t.element_size() > stored:
+            bad.append(f"{where} {tuple(t.shape)} in {stored} bytes")
+    return bad
+
+
 def instantiate(cls: type, args: dict[str, Any], where: str) -> Any:
-    """``cls`` built from saved arguments through jsonargparse, as `vaekit fit` builds it from a YAML config."""
+    """``cls`` built from saved arguments through jsonargparse, as `vaekit fit` builds it from a YAML config.
+
+    The arguments are checked against ``cls``'s declared types first (``vaekit.core.schema``): jsonargparse
+    would import a string it finds where a class is expected."""
     from jsonargparse import ArgumentParser
 
     check_plain(args, where)
+    check_arguments(cls, args, where)
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(cls, "init", fail_untyped=False)
     try:

@@ -3,7 +3,7 @@
 Waveforms stay waveforms in the data splits; the data module turns each batch into the model's
 features (normalised log-mel, ``batch["mel"]``) on the device, once per batch, so the
 importance-weighted estimator repeats features rather than recomputing them. Generation inverts
-the mel scale and runs Griffin-Lim (``torchaudio.transforms``), batched, and writes 16-bit WAVs
+the mel scale and runs Griffin-Lim (``vaekit.modalities.spectral``), batched, and writes 16-bit WAVs
 with a spectrogram PNG per clip.
 """
 
@@ -25,7 +25,6 @@ import soundfile as sf
 import torch
 from PIL import Image
 from torch import Tensor, nn
-from torchaudio import transforms as T
 
 from vaekit.core.data import VAEDataModule
 from vaekit.core.io import atomic_path
@@ -34,6 +33,7 @@ from vaekit.core.module import VAE, Batch, ELBOTerms
 from vaekit.core.networks import ConvDecoder, ConvEncoder
 from vaekit.core.storage import Rows, Split, file_stats, fingerprint, split_batches
 from vaekit.modalities.registry import Modality
+from vaekit.modalities.spectral import GriffinLim, InverseMelScale, MelSpectrogram, Spectrogram
 
 # Formats libsndfile reads (MP3 and Opus with libsndfile >= 1.1); others are not audio to us.
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf"})
@@ -62,6 +62,22 @@ class AudioSpec:
     mel_std: list[float]
     label_names: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        """Bounds that keep a saved spec from sizing filters or windows absurdly before any weight is compared."""
+        if not (0 < self.sample_rate <= 384_000 and 2 <= self.n_fft <= 65_536 and 0 < self.hop_length <= self.n_fft):
+            raise ValueError(
+                f"audio spec out of range: sample_rate {self.sample_rate}, n_fft {self.n_fft}, hop {self.hop_length}"
+            )
+        if not (self.n_fft <= self.num_samples <= 3600 * self.sample_rate and 0 < self.n_mels <= self.n_fft // 2 + 1):
+            raise ValueError(
+                f"audio spec out of range: {self.num_samples} samples, {self.n_mels} mel bins for n_fft {self.n_fft}"
+            )
+        if len(self.mel_mean) != self.n_mels or len(self.mel_std) != self.n_mels or min(self.mel_std) <= 0:
+            raise ValueError(
+                f"the normalisation statistics (normalisation.json) give {len(self.mel_mean)} means and "
+                f"{len(self.mel_std)} positive standard deviations for {self.n_mels} mel bins; re-export the model"
+            )
+
     @property
     def num_frames(self) -> int:
         return self.num_samples // self.hop_length + 1  # centred STFT frames
@@ -81,15 +97,7 @@ class LogMel(nn.Module):
     def __init__(self, spec: AudioSpec) -> None:
         super().__init__()
         self.floor = spec.log_floor
-        self.mel = T.MelSpectrogram(
-            sample_rate=spec.sample_rate,
-            n_fft=spec.n_fft,
-            hop_length=spec.hop_length,
-            f_min=spec.f_min,
-            f_max=spec.f_max,
-            n_mels=spec.n_mels,
-            power=1.0,
-        )
+        self.mel = MelSpectrogram(spec.sample_rate, spec.n_fft, spec.hop_length, spec.n_mels, spec.f_min, spec.f_max)
         self.register_buffer("mean", torch.tensor(spec.mel_mean).view(-1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.mel_std).view(-1, 1), persistent=False)
 
@@ -578,20 +586,15 @@ class AudioVAE(VAE):
         )
         self.likelihood = (Gaussian if hp.likelihood == "gaussian" else Laplace)(spec.n_mels, hp.scale)
         self.features = LogMel(spec)
-        self.inverse_mel = T.InverseMelScale(spec.n_stft, spec.n_mels, spec.sample_rate, spec.f_min, spec.f_max)
-        if torch.linalg.matrix_rank(self.inverse_mel.fb) < spec.n_mels:  # the inverse mel's least squares needs it
+        self.inverse_mel = InverseMelScale(self.features.mel.fb)
+        if self.inverse_mel.rank < spec.n_mels:  # else the least-squares inverse is not unique
             raise ValueError(
                 f"{spec.n_mels} mel bins are too many for n_fft={spec.n_fft} at {spec.sample_rate} Hz (some mel filters "
                 "overlap the same FFT bins); lower --data.n_mels or raise --data.n_fft"
             )
-        self.griffin_lim = T.GriffinLim(
-            n_fft=spec.n_fft,
-            n_iter=hp.griffin_lim_iters,
-            hop_length=spec.hop_length,
-            power=1.0,
-            length=spec.num_samples,
-        )
-        self.spectrogram = T.Spectrogram(n_fft=spec.n_fft, hop_length=spec.hop_length, power=1.0)
+        self.griffin_lim = GriffinLim(spec.n_fft, spec.hop_length, spec.num_samples)
+        self.spectrogram = Spectrogram(spec.n_fft, spec.hop_length)
+        self._register_load_state_dict_pre_hook(_drop_derived_buffers)
 
     # ---------------------------------------------------------------- the likelihood on features
     def encode_params(self, batch: Batch) -> tuple[Tensor, Tensor]:
@@ -620,8 +623,8 @@ class AudioVAE(VAE):
     # ---------------------------------------------------------------- back to sound
     def to_waveform(self, normalised: Tensor, griffin_lim_iters: int = 0) -> Tensor:
         """Normalised log-mel (B, n_mels, frames) -> waveform (B, num_samples): inverse mel, then Griffin-Lim."""
-        self.griffin_lim.n_iter = griffin_lim_iters or self.hparams.griffin_lim_iters
-        return self.griffin_lim(self.inverse_mel(self.features.to_mel(normalised)))
+        magnitude = self.inverse_mel(self.features.to_mel(normalised))
+        return self.griffin_lim(magnitude, griffin_lim_iters or self.hparams.griffin_lim_iters)
 
     def generate(self, z: Tensor, griffin_lim_iters: int = 0, **options: Any) -> Tensor:
         """Waveforms (B, num_samples) from the likelihood's mean log-mel."""
@@ -672,6 +675,22 @@ class AudioVAE(VAE):
             results[f"{prefix}lsd_db"] = log_spectral_distance(reference, estimate, frames, self.spec.log_floor)
             results[f"{prefix}spectral_convergence"] = spectral_convergence(reference, estimate, frames)
         return results
+
+
+# Filter and window buffers that vaekit 0.2 saved (torchaudio's transforms kept them persistent); they are
+# derived from the spec, so older checkpoints load without them and recompute them.
+_DERIVED_BUFFERS = (
+    "features.mel.spectrogram.window",
+    "features.mel.mel_scale.fb",
+    "inverse_mel.fb",
+    "griffin_lim.window",
+    "spectrogram.window",
+)
+
+
+def _drop_derived_buffers(state: dict[str, Any], prefix: str, *args: Any) -> None:
+    for name in _DERIVED_BUFFERS:
+        state.pop(prefix + name, None)
 
 
 MODALITY = Modality(name="audio", model=AudioVAE, datamodule=AudioDataModule)

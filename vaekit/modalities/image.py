@@ -207,7 +207,7 @@ class ImageDataModule(VAEDataModule):
             with Image.open(source) as image:
                 image.load()
                 image = self._convert(image)
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
             self.skip_or_raise(f"{where}: not a readable image ({err}); delete or replace the file")
             return None
         array = np.asarray(image, dtype=np.uint8)

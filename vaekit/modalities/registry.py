@@ -11,12 +11,10 @@ from importlib.metadata import EntryPoint, entry_points
 
 from vaekit.core.data import VAEDataModule
 from vaekit.core.module import VAE, class_name
+from vaekit.errors import ModalityNotFound
 
 GROUP = "vaekit.modalities"
-
-
-class ModalityNotFound(LookupError):
-    """No installed plugin provides the requested modality."""
+__all__ = ["GROUP", "Modality", "ModalityNotFound", "get_modality"]
 
 
 @dataclass(frozen=True)

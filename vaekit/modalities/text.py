@@ -30,6 +30,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, S
 from vaekit.core.data import VAEDataModule
 from vaekit.core.io import write_text
 from vaekit.core.module import VAE, Batch, OnnxGraph
+from vaekit.core.schema import shorten
 from vaekit.core.storage import ROW, Rows, Split, StreamSplit, file_stats, fingerprint
 from vaekit.modalities.registry import Modality
 
@@ -57,6 +58,14 @@ class TextSpec:
     tokenizer_json: str = field(default="", repr=False, compare=False)
 
 
+def is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def vocab_digest(tokenizer: Any) -> str:
     vocab = sorted(tokenizer.get_vocab().items())
     return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
@@ -67,13 +76,28 @@ def tokenizer_from_spec(spec: TextSpec) -> Any:
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(spec.tokenizer_json),
-        pad_token=spec.pad_token,
-        bos_token=spec.bos_token,
-        eos_token=spec.eos_token,
-        unk_token=spec.unk_token,
-    )
+    try:
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=Tokenizer.from_str(spec.tokenizer_json),
+            pad_token=spec.pad_token,
+            bos_token=spec.bos_token,
+            eos_token=spec.eos_token,
+            unk_token=spec.unk_token,
+        )
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as err:  # a malformed file can make the Rust parser panic, which is a BaseException
+        raise ValueError(
+            f"the saved tokenizer (tokenizer.json) does not load ({type(err).__name__}: {shorten(str(err))}); "
+            "re-export the model"
+        ) from None
+    size = max(tokenizer.get_vocab().values(), default=-1) + 1
+    if size != spec.vocab_size or vocab_digest(tokenizer) != spec.vocab_digest:
+        raise ValueError(
+            f"the saved tokenizer (tokenizer.json) has a vocabulary of {size} ids that is not the model's "
+            f"({spec.vocab_size} ids, digest {spec.vocab_digest}); the file was altered or belongs to another model"
+        )
+    return tokenizer
 
 
 def train_tokenizer(kind: Literal["word", "bpe"], texts: Iterable[str], vocab_size: int, min_frequency: int) -> Any:
@@ -433,8 +457,10 @@ class TextDataModule(VAEDataModule):
         lines: list[str] = []
         for item in items:
             path = Path(item)
-            if path.is_file():
+            if len(item) < 4096 and path.is_file():  # longer is no file name, only a (long) sentence
                 lines += read_lines(path, self, self.report)
+            elif not is_utf8(item):  # undecodable bytes of the command line arrive as lone surrogates
+                raise ValueError(f"{shorten(item)} is not UTF-8 text; pass sentences in UTF-8, or a file of them")
             elif item.strip():
                 lines.append(item.strip())
             else:

@@ -1,0 +1,104 @@
+"""Analysis commands: evaluate, encode, score (each writes one file)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vaekit.checkpoint import load_datamodule
+from vaekit.cli.session import Session, is_joint
+from vaekit.core.data import VAEDataModule, label_indices
+from vaekit.core.io import atomic_path, write_text
+
+
+def _run_predict(s: Session, datamodule: VAEDataModule | None = None, split: str | None = None) -> dict[str, Any]:
+    """Per-example outputs of ``predict_step`` over a split (``--split`` of the model's data by default)."""
+    datamodule = datamodule or s.datamodule
+    outputs = s.evaluation_trainer(datamodule, split or s.args.split).predict(s.model, datamodule=datamodule)
+    return {k: torch.cat([o[k] for o in outputs]).cpu() for k in outputs[0]}
+
+
+def cmd_evaluate(s: Session) -> list[Path]:
+    s.evaluation_trainer(s.datamodule, s.args.split).test(s.model, datamodule=s.datamodule, verbose=False)
+    result = {"split": s.args.split, **s.model.evaluation}
+    if s.args.classifier:
+        from vaekit.coherence import cross_modal_coherence, load_classifiers
+
+        if not is_joint(s.model):
+            raise ValueError("--classifier measures cross-modal coherence, which needs a joint (multimodal) model")
+        classifiers = load_classifiers(s.args.classifier, list(s.model.parts))
+        loader = s.datamodule.loader(s.args.split)
+        batches = (s.prepare(batch) for batch in loader)
+        result["coherence"] = cross_modal_coherence(
+            s.model, batches, classifiers, s.options_for_generation(), s.args.joint_samples, len(loader)
+        )
+    out = s.out
+    write_text(out, json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return [out]
+
+
+def cmd_encode(s: Session) -> list[Path]:
+    outputs = _run_predict(s)
+    arrays = {k: outputs[k].numpy() for k in ("mean", "logvar", "label")}
+    paths = [s.out.with_suffix(".npz")]
+    if s.args.plot:
+        from vaekit.plots import latent_scatter, project_2d
+
+        points, axis = project_2d(outputs["mean"], s.args.projection, s.args.seed)
+        arrays["projection"] = points.numpy()  # the plotted coordinates, beside the latents
+        label_names = getattr(s.model.spec, "label_names", None) or []
+        paths.append(latent_scatter(points, axis, outputs["label"], s.args.plot, label_names))
+    with atomic_path(paths[0]) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    return paths
+
+
+def cmd_score(s: Session) -> list[Path]:
+    from vaekit.scoring import anomaly_score, auroc
+
+    correction = s.args.correction
+    s.model.score_complexity = correction == "complexity"
+    inside = _run_predict(s)
+    key = "nll" if "nll" in inside else "neg_elbo"
+    # The typical score is that of in-distribution data the model did not train on: the validation split.
+    typical = float(_run_predict(s, split="val")[key].mean()) if correction == "typicality" else None
+    sets = {"in": inside}
+    if s.args.ood_root:
+        if is_joint(s.model):
+            raise ValueError("--ood-root takes one dataset, and a joint model reads several; score each with --from")
+        # Another dataset: the label filters the model was trained with say nothing about its classes.
+        ood = load_datamodule(s.model, s.record, s.args.ood_root, labels=None, exclude_labels=None)
+        sets["ood"] = _run_predict(s, ood)
+    scores = {name: anomaly_score(o[key], correction, typical, o.get("complexity_bits")) for name, o in sets.items()}
+    with atomic_path(s.out) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["index", "set", "label", key, "score"])
+        for name, outputs in sets.items():
+            rows = zip(outputs["label"].tolist(), outputs[key].tolist(), scores[name].tolist(), strict=True)
+            for i, (label, raw, score) in enumerate(rows):
+                writer.writerow([i, name, label, f"{raw:.6f}", f"{score:.6f}"])
+    what = f"{key} with the {correction} correction" if correction != "none" else key
+    if "ood" in sets:
+        both = torch.cat([scores["in"], scores["ood"]])
+        is_ood = torch.cat([torch.zeros(len(scores["in"])), torch.ones(len(scores["ood"]))])
+        value = auroc(both, is_ood)
+        print(f"AUROC in-distribution vs {s.args.ood_root} ({what}): {'n/a' if value is None else f'{value:.4f}'}")
+    if s.args.normal is not None:
+        label_names = getattr(s.model.spec, "label_names", None) or []
+        labels, normal = inside["label"], torch.tensor(label_indices(s.args.normal, label_names, "--normal"))
+        overall = auroc(scores["in"], (~torch.isin(labels, normal)).long())
+        if overall is None:
+            print("AUROC not computed: the split holds only normal or only anomalous examples")
+        else:
+            print(f"AUROC ({what}, normal labels {s.args.normal}): {overall:.4f}")
+            for value in sorted(set(labels.tolist()) - set(normal.tolist())):
+                chosen = torch.isin(labels, normal) | (labels == value)
+                name = label_names[value] if 0 <= value < len(label_names) else str(value)
+                print(f"  label {name} vs normal: {auroc(scores['in'][chosen], (labels[chosen] == value).long()):.4f}")
+    return [s.out]
