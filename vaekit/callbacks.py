@@ -143,8 +143,8 @@ class LogMedia(pl.Callback):
         if shown.inputs is not None:
             pl_module.log_media(writer, "samples/val_inputs", shown.inputs, step)
             pl_module.log_media(writer, "samples/val_reconstructions", shown.reconstructions, step)
-        if pl_module.last_kl_per_dim is not None:
-            writer.add_histogram("val/kl_per_dim", pl_module.last_kl_per_dim, step)
+        if pl_module.last_kl_per_dim is not None:  # val/kl_per_dim_mc under a mixture prior (an estimate)
+            writer.add_histogram(f"val/{pl_module.bottleneck.diagnostic_name}", pl_module.last_kl_per_dim, step)
 
 
 class DurableCheckpointIO(TorchCheckpointIO):

@@ -7,7 +7,7 @@ so every modality gets sampling, KL and densities from one place.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -34,33 +34,45 @@ class DiagonalGaussian:
     def mode(self) -> Tensor:
         return self.mean
 
+    def log_prob_per_dim(self, z: Tensor) -> Tensor:
+        """log q(z_d) of each latent dimension; z may carry extra leading sample dims."""
+        return -0.5 * (LOG_2PI + self.logvar + (z - self.mean) ** 2 / self.logvar.exp())
+
     def log_prob(self, z: Tensor) -> Tensor:
         """log q(z), summed over the latent dimension; z may carry extra leading sample dims."""
-        return (-0.5 * (LOG_2PI + self.logvar + (z - self.mean) ** 2 / self.logvar.exp())).sum(-1)
+        return self.log_prob_per_dim(z).sum(-1)
 
-    def kl_per_dim(self) -> Tensor:
-        """Analytic KL(q || N(0, I)) per latent dimension, shape ``mean.shape``."""
+    def kl_to_standard_normal_per_dim(self) -> Tensor:
+        """Analytic KL(q || N(0, I)) per latent dimension, shape ``mean.shape`` (a model's own prior may differ:
+        its KL is ``Bottleneck.kl_per_dim``)."""
         return 0.5 * (self.mean**2 + self.logvar.exp() - 1.0 - self.logvar)
 
-    def kl(self) -> Tensor:
+    def kl_to_standard_normal(self) -> Tensor:
         """Analytic KL(q || N(0, I)) summed over the latent dimension."""
-        return self.kl_per_dim().sum(-1)
+        return self.kl_to_standard_normal_per_dim().sum(-1)
 
     def entropy(self) -> Tensor:
         return (0.5 * (LOG_2PI + 1.0 + self.logvar)).sum(-1)
 
 
 class Prior(torch.nn.Module):
-    """Interface for p(z). ``kl_per_dim`` returns None when no closed form exists."""
+    """Interface for p(z). A prior with ``analytic_kl`` gives the KL per dimension in closed form; every prior
+    gives the log-density of z and of each dimension's marginal (for per-dimension diagnostics)."""
+
+    analytic_kl: ClassVar[bool] = False
 
     def log_prob(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def marginal_log_prob(self, z: Tensor) -> Tensor:
+        """log p(z_d) of each dimension's marginal, shape ``z.shape``."""
         raise NotImplementedError
 
     def sample(self, num: int, latent_dim: int, temperature: float = 1.0) -> Tensor:
         raise NotImplementedError
 
-    def kl_per_dim(self, posterior: DiagonalGaussian) -> Tensor | None:
-        return None
+    def analytic_kl_per_dim(self, posterior: DiagonalGaussian) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form KL")
 
 
 class StandardNormalPrior(Prior):
@@ -70,20 +82,36 @@ class StandardNormalPrior(Prior):
         super().__init__()
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # carries device and dtype
 
+    analytic_kl = True
+
+    def marginal_log_prob(self, z: Tensor) -> Tensor:
+        return -0.5 * (LOG_2PI + z**2)
+
     def log_prob(self, z: Tensor) -> Tensor:
-        return (-0.5 * (LOG_2PI + z**2)).sum(-1)
+        return self.marginal_log_prob(z).sum(-1)
 
     def sample(self, num: int, latent_dim: int, temperature: float = 1.0) -> Tensor:
         return temperature * torch.randn(num, latent_dim, device=self._anchor.device, dtype=self._anchor.dtype)
 
-    def kl_per_dim(self, posterior: DiagonalGaussian) -> Tensor:
-        return posterior.kl_per_dim()
+    def analytic_kl_per_dim(self, posterior: DiagonalGaussian) -> Tensor:
+        return posterior.kl_to_standard_normal_per_dim()
+
+
+def _component_log_probs_per_dim(z: Tensor, means: Tensor, logvars: Tensor) -> Tensor:
+    """log N(z_d; mean_kd, exp(logvar_kd)) for every component k and dimension d: (..., D) -> (..., K, D)."""
+    z = z.unsqueeze(-2)
+    return -0.5 * (LOG_2PI + logvars + (z - means) ** 2 / logvars.exp())
 
 
 def _component_log_probs(z: Tensor, means: Tensor, logvars: Tensor) -> Tensor:
     """log N(z; mean_k, diag exp(logvar_k)) for every component k: (..., D) -> (..., K)."""
-    z = z.unsqueeze(-2)
-    return (-0.5 * (LOG_2PI + logvars + (z - means) ** 2 / logvars.exp())).sum(-1)
+    return _component_log_probs_per_dim(z, means, logvars).sum(-1)
+
+
+def _mixture_marginals(z: Tensor, log_weights: Tensor, means: Tensor, logvars: Tensor) -> Tensor:
+    """log of each dimension's marginal of a diagonal Gaussian mixture: (..., D) -> (..., D)."""
+    per_dim = _component_log_probs_per_dim(z, means, logvars)  # (..., K, D)
+    return torch.logsumexp(log_weights.unsqueeze(-1) + per_dim, dim=-2)
 
 
 class MixtureOfGaussiansPrior(Prior):
@@ -104,6 +132,9 @@ class MixtureOfGaussiansPrior(Prior):
     def log_prob(self, z: Tensor) -> Tensor:
         weights = torch.log_softmax(self.logits, dim=0)
         return torch.logsumexp(weights + _component_log_probs(z, self.means, self.logvars), dim=-1)
+
+    def marginal_log_prob(self, z: Tensor) -> Tensor:
+        return _mixture_marginals(z, torch.log_softmax(self.logits, dim=0), self.means, self.logvars)
 
     def sample(self, num: int, latent_dim: int, temperature: float = 1.0) -> Tensor:
         component = torch.multinomial(torch.softmax(self.logits.detach(), 0), num, replacement=True)
@@ -133,6 +164,10 @@ class VampPrior(Prior):
     def log_prob(self, z: Tensor) -> Tensor:
         means, logvars = self.components()
         return torch.logsumexp(_component_log_probs(z, means, logvars), dim=-1) - math.log(len(means))
+
+    def marginal_log_prob(self, z: Tensor) -> Tensor:
+        means, logvars = self.components()
+        return _mixture_marginals(z, torch.full((len(means),), -math.log(len(means)), device=z.device), means, logvars)
 
     def sample(self, num: int, latent_dim: int, temperature: float = 1.0) -> Tensor:
         with torch.no_grad():

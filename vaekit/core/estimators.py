@@ -63,7 +63,8 @@ def mutual_information(mean: Tensor, logvar: Tensor, chunk: int = 256) -> Tensor
 
 
 class PosteriorDiagnostics(Metric):
-    """Collects posterior parameters over an epoch (across all DDP ranks) for collapse diagnostics."""
+    """Collects posterior parameters and the per-dimension KL to the model's prior (``Bottleneck``) over an
+    epoch, across all DDP ranks, for collapse diagnostics."""
 
     full_state_update = False
 
@@ -72,14 +73,16 @@ class PosteriorDiagnostics(Metric):
         self.max_examples = max_examples
         self.add_state("mean", default=[], dist_reduce_fx="cat")
         self.add_state("logvar", default=[], dist_reduce_fx="cat")
+        self.add_state("kl_per_dim", default=[], dist_reduce_fx="cat")
 
-    def update(self, posterior: DiagonalGaussian) -> None:
+    def update(self, posterior: DiagonalGaussian, kl_per_dim: Tensor) -> None:
         self.mean.append(posterior.mean.detach().float())
         self.logvar.append(posterior.logvar.detach().float())
+        self.kl_per_dim.append(kl_per_dim.detach().float())
 
     def compute(self) -> dict[str, Tensor]:
         mean, logvar = dim_zero_cat(self.mean), dim_zero_cat(self.logvar)
-        kl_per_dim = DiagonalGaussian(mean, logvar).kl_per_dim().mean(0)
+        kl_per_dim = dim_zero_cat(self.kl_per_dim).mean(0)
         # MI is quadratic in the rows: estimate it on a fixed-size prefix.
         sub = slice(0, self.max_examples)
         return {

@@ -33,9 +33,9 @@ from torch import Tensor
 
 from vaekit.core.distributions import DiagonalGaussian
 from vaekit.core.estimators import iw_nll
-from vaekit.core.module import VAE, ELBOTerms, OnnxGraph, repeat_batch
+from vaekit.core.module import VAE, OnnxGraph, repeat_batch
+from vaekit.core.objectives import ELBO, ELBOTerms, LogLikelihood, Objective, mix_terms
 from vaekit.core.plain import instantiate
-from vaekit.core.schedules import free_bits_kl
 from vaekit.modalities.registry import get_modality
 
 JointBatch = dict[str, dict[str, Tensor]]
@@ -185,47 +185,48 @@ class JointVAE(VAE):
             total = total + scale * torch.where(present(batch[name]), log_p, torch.zeros_like(log_p))
         return total
 
+    def subset_likelihood(self, batch: JointBatch, names: list[str], weighted: bool) -> LogLikelihood:
+        """``log_likelihood_of`` in the objectives' contract: ``copies`` samples per example, copy-major."""
+        parts = {name: batch[name] for name in names}
+
+        def log_likelihood(z: Tensor, copies: int) -> Tensor:
+            return self.log_likelihood_of(z, parts if copies == 1 else repeat_batch(parts, copies), names, weighted)
+
+        return log_likelihood
+
     # ----------------------------------------------------------------- the bounds
-    def elbo_terms(self, batch: JointBatch, beta: float = 1.0) -> ELBOTerms:
-        """The training bound: per example, the average over the valid subsets of their ELBOs, each subset's
-        code reconstructing every modality the example holds (weighted by ``likelihood_weights``)."""
+    def bound_terms(self, batch: JointBatch, objective: Objective, beta: float = 1.0) -> ELBOTerms:
+        """The training bound: per example, the average over the valid subsets of ``objective``'s bound, each
+        subset's code reconstructing every modality the example holds (weighted by ``likelihood_weights``)."""
         names = self.part_names(batch)
         experts = self.experts(batch, names)
-        recs, kls, valids = [], [], []
+        log_likelihood = self.subset_likelihood(batch, names, weighted=True)
+        terms, valids = [], []
         for subset in self.subsets(names):
             posterior, valid = self.subset_posterior(experts, subset)
-            z = posterior.rsample()
-            recs.append(-self.log_likelihood_of(z, batch, names, weighted=True))
-            kls.append(self.kl_per_dim(posterior, z))
+            terms.append(objective.terms(posterior, self.bottleneck, log_likelihood, beta))
             valids.append(valid)
         share = torch.stack(valids).float()
         share = share / share.sum(0).clamp(min=1)  # (S, B): each example's average over its valid subsets
-        rec = (torch.stack(recs) * share).sum(0)
-        kl_per_dim = (torch.stack(kls) * share[..., None]).sum(0)
-        loss = rec.mean() + beta * free_bits_kl(kl_per_dim, self.hparams.free_bits)
-        joint = self.subset_posterior(experts, tuple(names))[0]
-        return ELBOTerms(loss=loss, rec=rec, kl=kl_per_dim.sum(-1), kl_per_dim=kl_per_dim, posterior=joint)
+        mixed = mix_terms(terms, share, posterior=self.subset_posterior(experts, tuple(names))[0])
+        mixed.loss = objective.loss(mixed, beta, self.hparams.free_bits)
+        return mixed
 
     def subset_terms(self, batch: JointBatch, subset: tuple[str, ...], experts: Experts | None = None) -> ELBOTerms:
         """The ELBO of log p(x_S) for the modalities S alone, under q_S, in unweighted nats (``experts``:
         the batch's, when already encoded)."""
         posterior, _ = self.subset_posterior(experts or self.experts(batch, list(subset)), subset)
-        z = posterior.rsample()
-        rec = -self.log_likelihood_of(z, batch, list(subset), weighted=False)
-        kl_per_dim = self.kl_per_dim(posterior, z)
-        kl = kl_per_dim.sum(-1)
-        return ELBOTerms(loss=(rec + kl).mean(), rec=rec, kl=kl, kl_per_dim=kl_per_dim, posterior=posterior)
+        elbo = ELBO()
+        terms = elbo.terms(posterior, self.bottleneck, self.subset_likelihood(batch, list(subset), weighted=False), 1.0)
+        terms.loss = (terms.rec + terms.kl).mean()
+        return terms
 
     def subset_nll(
         self, batch: JointBatch, subset: tuple[str, ...], num_samples: int, experts: Experts | None = None
     ) -> Tensor:
         """Importance-weighted -log p(x_S) with q_S as the proposal."""
         posterior, _ = self.subset_posterior(experts or self.experts(batch, list(subset)), subset)
-        parts = {name: batch[name] for name in subset}
-
-        def log_likelihood(z: Tensor, copies: int) -> Tensor:
-            return self.log_likelihood_of(z, repeat_batch(parts, copies), list(subset), weighted=False)
-
+        log_likelihood = self.subset_likelihood(batch, list(subset), weighted=False)
         return iw_nll(posterior, self.prior, log_likelihood, num_samples, self.hparams.iw_max_rows)
 
     def nll(self, batch: JointBatch, num_samples: int) -> Tensor:
@@ -257,7 +258,8 @@ class JointVAE(VAE):
                 for key, value in (("elbo", terms.elbo), ("rec", terms.rec), ("kl", terms.kl), ("nll", nll)):
                     sums[key] = sums.get(key, 0.0) + float(value[rows].double().sum())
                 sums["count"] = sums.get("count", 0.0) + float(rows.sum())
-        self._eval_diagnostics.update(terms.posterior)  # the last subset's: all the observed modalities
+        # The last subset's: all the observed modalities.
+        self._eval_diagnostics.update(terms.posterior, self.bottleneck.diagnostic_kl_per_dim(terms.posterior))
 
     def on_test_epoch_end(self) -> None:
         stats = self._eval_diagnostics.compute()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -23,6 +23,7 @@ from torch import Tensor
 from torchmetrics import SumMetric
 
 from vaekit import __version__
+from vaekit.core.bottleneck import Bottleneck
 from vaekit.core.distributions import (
     DiagonalGaussian,
     MixtureOfGaussiansPrior,
@@ -32,9 +33,10 @@ from vaekit.core.distributions import (
 )
 from vaekit.core.estimators import PosteriorDiagnostics, iw_nll
 from vaekit.core.likelihoods import Likelihood
+from vaekit.core.objectives import ELBO, ELBOTerms, LogLikelihood, Objective, ObjectiveConfig, build_objective
 from vaekit.core.plain import nonfinite_tensors, to_plain
 from vaekit.core.samplers import SAMPLERS
-from vaekit.core.schedules import BetaSchedule, free_bits_kl
+from vaekit.core.schedules import BetaSchedule
 from vaekit.core.schema import check_fields
 
 Batch = dict[str, Tensor]
@@ -56,21 +58,6 @@ def map_batch(batch: Any, function: Callable[[Tensor], Tensor]) -> Any:
 def repeat_batch(batch: Any, copies: int) -> Any:
     """Repeat every tensor of a batch ``copies`` times along dim 0, copy-major."""
     return map_batch(batch, lambda v: v.repeat(copies, *([1] * (v.dim() - 1))))
-
-
-@dataclass
-class ELBOTerms:
-    """Per-example terms of one pass, in nats; ``loss`` is the batch objective."""
-
-    loss: Tensor
-    rec: Tensor
-    kl: Tensor
-    kl_per_dim: Tensor
-    posterior: DiagonalGaussian
-
-    @property
-    def elbo(self) -> Tensor:
-        return -(self.rec + self.kl)
 
 
 @dataclass
@@ -127,12 +114,14 @@ class VAE(pl.LightningModule):
         val_iw_samples: int = 0,
         iw_max_rows: int = 1024,
         default_sampler: str = "prior",
+        objective: ObjectiveConfig | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if default_sampler not in ("prior", *SAMPLERS):
             raise ValueError(f"default_sampler must be one of {['prior', *SAMPLERS]}, not {default_sampler!r}")
         self.beta = beta or BetaSchedule()
+        self.objective = build_objective(objective or ObjectiveConfig(), free_bits, prior)
         self.prior = self.make_prior() if prior != "vamp" else StandardNormalPrior()  # vamp: once built
         self.samplers = torch.nn.ModuleDict()  # post-hoc samplers fitted after training (vaekit.core.samplers)
         self.spec: Any = None
@@ -239,11 +228,13 @@ class VAE(pl.LightningModule):
         return StandardNormalPrior()
 
     def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
         if not self.built:
-            datamodule = self.trainer.datamodule
             if datamodule is None or getattr(datamodule, "spec", None) is None:
                 raise RuntimeError(f"{type(self).__name__} needs a vaekit data module to size its networks")
             self.attach_spec(datamodule.spec)
+        train = getattr(datamodule, "splits", {}).get("train")
+        self.objective.attach_data(len(train) if isinstance(train, Sized) else None)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to save a diverged model; store only plain data beside the tensors (see ``vaekit.checkpoint``)."""
@@ -298,58 +289,61 @@ class VAE(pl.LightningModule):
                 "point --data.root at the data it was trained on"
             )
 
-    # ----------------------------------------------------------------- the ELBO
+    # ----------------------------------------------------------------- the bound
+    @property
+    def bottleneck(self) -> Bottleneck:
+        """The prior with the KL and per-dimension diagnostics every objective and evaluation uses."""
+        return Bottleneck(self.prior)
+
     def posterior(self, batch: Batch) -> DiagonalGaussian:
-        """q(z|x) in float32 even under mixed precision: the KL and the IW weights are sums of many terms."""
-        mean, logvar = self.encode_params(batch)
-        return DiagonalGaussian(mean.float(), logvar.float())
+        return self.bottleneck.posterior(*self.encode_params(batch))
 
     def data_log_likelihood(self, z: Tensor, batch: Batch) -> Tensor:
         """log p(x|z) per example, from decoder parameters taken to float32 (bf16 cannot sum 784 pixels)."""
         return self.log_likelihood(self.decode_params(z, batch).float(), batch)
 
-    def elbo_terms(self, batch: Batch, beta: float = 1.0) -> ELBOTerms:
-        """One reparameterised pass; sums over data and latent dims, mean over the batch for ``loss``."""
-        posterior = self.posterior(batch)
-        z = posterior.rsample()
-        rec = -self.data_log_likelihood(z, batch)
-        kl_per_dim = self.kl_per_dim(posterior, z)
-        kl = kl_per_dim.sum(-1)
-        loss = rec.mean() + beta * free_bits_kl(kl_per_dim, self.hparams.free_bits)
-        return ELBOTerms(loss=loss, rec=rec, kl=kl, kl_per_dim=kl_per_dim, posterior=posterior)
+    def likelihood_of(self, batch: Batch) -> LogLikelihood:
+        """log p(x|z) of ``batch`` for ``copies`` samples per example (z copy-major): what objectives and the
+        importance-weighted estimator call."""
 
-    def kl_per_dim(self, posterior: DiagonalGaussian, z: Tensor) -> Tensor:
-        """KL(q || p) per latent dimension: analytic where the prior allows, else single-sample Monte Carlo at
-        ``z`` spread evenly over the dimensions (for free bits)."""
-        kl_per_dim = self.prior.kl_per_dim(posterior)
-        if kl_per_dim is None:
-            kl_mc = posterior.log_prob(z) - self.prior.log_prob(z)
-            kl_per_dim = (kl_mc / z.shape[-1]).unsqueeze(-1).expand_as(z)
-        return kl_per_dim
+        def log_likelihood(z: Tensor, copies: int) -> Tensor:
+            return self.data_log_likelihood(z, batch if copies == 1 else repeat_batch(batch, copies))
+
+        return log_likelihood
+
+    def bound_terms(self, batch: Batch, objective: Objective, beta: float = 1.0) -> ELBOTerms:
+        """One pass of ``objective`` over ``batch``: per-example terms and the batch ``loss``."""
+        terms = objective.terms(self.posterior(batch), self.bottleneck, self.likelihood_of(batch), beta)
+        terms.loss = objective.loss(terms, beta, self.hparams.free_bits)
+        return terms
+
+    def elbo_terms(self, batch: Batch, beta: float = 1.0) -> ELBOTerms:
+        """The ELBO's pass, whatever the model trains on: validation, evaluation and scores use it. Sums over
+        data and latent dims, mean over the batch for ``loss``."""
+        return self.bound_terms(batch, ELBO(), beta)
 
     def nll(self, batch: Batch, num_samples: int) -> Tensor:
         """Importance-weighted -log p(x) per example with ``num_samples`` samples."""
         posterior = self.posterior(batch)
-
-        def log_likelihood(z: Tensor, copies: int) -> Tensor:
-            repeated = repeat_batch(batch, copies)
-            return self.data_log_likelihood(z, repeated)
-
-        return iw_nll(posterior, self.prior, log_likelihood, num_samples, self.hparams.iw_max_rows)
+        return iw_nll(posterior, self.prior, self.likelihood_of(batch), num_samples, self.hparams.iw_max_rows)
 
     # ----------------------------------------------------------------- training loop
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         beta = self.beta(self.global_step)
-        terms = self.elbo_terms(batch, beta)
+        terms = self.bound_terms(batch, self.objective, beta)
         self._flag_nonfinite(terms.loss)
         size = terms.rec.shape[0]
         self.log("train/loss", terms.loss, prog_bar=True, batch_size=size)
+        extras = {f"train/{key}": value.mean() for key, value in terms.extras.items()}
+        if terms.bound is not None:
+            extras[f"train/{self.objective.name}"] = terms.bound.mean()
         self.log_dict(
             {
                 "train/rec": terms.rec.mean(),
                 "train/kl": terms.kl.mean(),
                 "train/elbo": terms.elbo.mean(),
                 "train/beta": float(beta),
+                **extras,
             },
             batch_size=size,
         )
@@ -398,7 +392,7 @@ class VAE(pl.LightningModule):
         if self.hparams.val_iw_samples > 0:
             metrics["val/nll"] = self.nll(batch, self.hparams.val_iw_samples).mean()
         self.log_dict(metrics, prog_bar=True, sync_dist=True, batch_size=size)
-        self.val_diagnostics.update(terms.posterior)
+        self.val_diagnostics.update(terms.posterior, self.bottleneck.diagnostic_kl_per_dim(terms.posterior))
 
     def on_validation_epoch_end(self) -> None:
         stats = self.val_diagnostics.compute()
@@ -406,8 +400,9 @@ class VAE(pl.LightningModule):
         self.last_kl_per_dim = stats["kl_per_dim"].detach().cpu()
         self.log("val/active_units", stats["active_units"], prog_bar=True)
         self.log("val/mutual_info", stats["mutual_info"])
+        name = self.bottleneck.diagnostic_name  # kl_per_dim, or kl_per_dim_mc for a mixture prior
         for dim, value in enumerate(stats["kl_per_dim"]):
-            self.log(f"val_kl_per_dim/{dim:03d}", value)
+            self.log(f"val_{name}/{dim:03d}", value)
         if stats["active_units"] == 0 and not self.trainer.sanity_checking:
             rank_zero_warn(
                 f"posterior collapse at epoch {self.current_epoch}: no active latent units "
@@ -433,7 +428,7 @@ class VAE(pl.LightningModule):
         }
         for key, value in values.items():
             self._eval_sums[key].update(value.detach().double().sum())
-        self._eval_diagnostics.update(terms.posterior)
+        self._eval_diagnostics.update(terms.posterior, self.bottleneck.diagnostic_kl_per_dim(terms.posterior))
 
     def on_test_epoch_end(self) -> None:
         sums = {k: float(metric.compute()) for k, metric in self._eval_sums.items()}
