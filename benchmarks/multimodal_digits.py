@@ -36,6 +36,7 @@ from benchmarks.sample_quality import (
 )
 from vaekit.checkpoint import load_datamodule, load_model
 from vaekit.cli import main as vaekit
+from vaekit.core.evaluation import observe
 
 
 def onnx_classifiers(mnist: Path, fsdd: Path) -> tuple[dict[str, Path], dict[str, DigitClassifier], dict]:
@@ -90,9 +91,9 @@ def picture(model, record, out: Path) -> Path:
     labels = pairing.labels[pairing.anchor]
     rows = [int((labels == digit).nonzero()[0]) for digit in range(10)]
     batch = datamodule.on_after_batch_transfer(datamodule.examples("test", rows), 0)
-    model.observed, model.targets = ["audio"], ["image"]
     with torch.no_grad():
-        drawn = model.generate(model.posterior(batch).mode(), deterministic=True)["image"]
+        z = model.posterior(observe(batch, ["audio"])).mode()
+        drawn = model.generate(z, deterministic=True, targets=["image"])["image"]
     spectrograms = model.parts["audio"].spectrograms(batch["audio"]["x"])
     width, height = spectrograms[0].size
     canvas = Image.new("RGB", (10 * (width + 4) + 4, height + width + 12), "white")

@@ -103,9 +103,12 @@ def main() -> None:
             "torchaudio": median_seconds(lambda: with_torchaudio(ta_inverse(mel_of), 64, 0)),
         }
     except (ImportError, OSError):
-        result["seconds_mel_inverse_and_64_iterations"] = {"vaekit": median_seconds(lambda: griffin_lim(inverse(mel), 64))}
+        result["seconds_mel_inverse_and_64_iterations"] = {
+            "vaekit": median_seconds(lambda: griffin_lim(inverse(mel), 64))
+        }
     result["griffin_lim_spectral_convergence"] = {
-        name: {n: round(convergence(invert, magnitude, n), 4) for n in (8, 32, 64)} for name, invert in inverters.items()
+        name: {n: round(convergence(invert, magnitude, n), 4) for n in (8, 32, 64)}
+        for name, invert in inverters.items()
     }
     print(json.dumps(result, indent=2))
 

@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 
 from vaekit.checkpoint import load_datamodule, load_model
+from vaekit.core.evaluation import Evaluator
 
 
 def main() -> None:
@@ -40,19 +41,19 @@ def main() -> None:
     if args.limit:
         datamodule.splits[args.split] = datamodule.split(args.split).select(range(args.limit))
     datamodule.eval_split = args.split
-    model.eval_iw_samples = args.iw_samples
+    evaluator = Evaluator(model, iw_samples=args.iw_samples)
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
     )
     start = time.perf_counter()
-    trainer.test(model, datamodule=datamodule, verbose=False)
+    trainer.test(evaluator, datamodule=datamodule, verbose=False)
     result = {
         "ckpt": args.ckpt,
         "split": args.split,
         "limit": args.limit,
         "global_step": record.global_step,
         "epoch": record.epoch,
-        **model.evaluation,
+        **evaluator.result,
         "seconds": time.perf_counter() - start,
     }
     text = json.dumps(result, indent=2)

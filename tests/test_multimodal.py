@@ -16,9 +16,9 @@ import torch
 from tests.conftest import fit_args, install_plugin, vaekit
 from vaekit.checkpoint import load_model
 from vaekit.core.distributions import DiagonalGaussian
-from vaekit.core.joint import PRESENT, JointSpec, JointVAE, product_of_experts
-from vaekit.core.paired import PairedDataModule
 from vaekit.modalities.image import ImageSpec, ImageVAE
+from vaekit.modalities.multimodal.data import PairedDataModule
+from vaekit.modalities.multimodal.model import PRESENT, JointSpec, JointVAE, product_of_experts
 
 TINY = "configs/multimodal/tiny.yaml"
 SMALL_IMAGE = {"channels": [4], "blocks_per_stage": 0, "hidden": 16, "likelihood": "bernoulli"}
@@ -361,3 +361,45 @@ def test_a_third_party_plugin_joins_as_a_part(tmp_path, monkeypatch):
     assert (tmp_path / "s" / "vector" / "samples.csv").is_file() and (
         tmp_path / "s" / "image" / "samples.png"
     ).is_file()
+
+
+EVALUATE_ON_RANKS = """
+import json, sys
+import pytorch_lightning as pl
+from vaekit.checkpoint import load_datamodule, load_model
+from vaekit.core.evaluation import Evaluator
+
+model, record = load_model(sys.argv[1])
+evaluator = Evaluator(model)
+trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False)
+trainer.test(evaluator, datamodule=load_datamodule(model, record), verbose=False)
+if trainer.is_global_zero:
+    open(sys.argv[2], "w").write(json.dumps(evaluator.result))
+"""
+
+
+@pytest.mark.slow
+def test_joint_evaluation_is_reduced_over_processes(tiny_joint, tmp_path):
+    """Two processes (torchrun, gloo) each evaluate half the test split; the figures rank 0 reports are those of
+    the whole split, every subset's included, as one process finds them."""
+    import subprocess
+    import sys
+
+    from tests.test_scaling import _free_port
+
+    script = tmp_path / "evaluate.py"
+    script.write_text(EVALUATE_ON_RANKS)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+              "--master_port", str(_free_port()), str(script), str(tiny_joint), str(tmp_path / "two.json")]  # fmt: skip
+    proc = subprocess.run(
+        launch, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    two = json.loads((tmp_path / "two.json").read_text())
+    vaekit("evaluate", tiny_joint, "--iw-samples", "0", "--out", tmp_path / "one.json")
+    one = json.loads((tmp_path / "one.json").read_text())
+    # The distributed sampler pads the split to a multiple of the ranks with repeated examples.
+    assert one["num_examples"] <= two["num_examples"] <= one["num_examples"] + 1
+    for subset, figures in one["subsets"].items():
+        assert figures["num_examples"] <= two["subsets"][subset]["num_examples"] <= figures["num_examples"] + 1
+        assert two["subsets"][subset]["kl"] == pytest.approx(figures["kl"], rel=0.02), subset

@@ -5,29 +5,20 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from vaekit.checkpoint import load_datamodule
 from vaekit.cli.session import Session, is_joint
-from vaekit.core.data import VAEDataModule, label_indices
+from vaekit.core.data import label_indices
 from vaekit.core.io import atomic_path, write_text
 
 
-def _run_predict(s: Session, datamodule: VAEDataModule | None = None, split: str | None = None) -> dict[str, Any]:
-    """Per-example outputs of ``predict_step`` over a split (``--split`` of the model's data by default)."""
-    datamodule = datamodule or s.datamodule
-    outputs = s.evaluation_trainer(datamodule, split or s.args.split).predict(s.model, datamodule=datamodule)
-    return {k: torch.cat([o[k] for o in outputs]).cpu() for k in outputs[0]}
-
-
 def cmd_evaluate(s: Session) -> list[Path]:
-    s.evaluation_trainer(s.datamodule, s.args.split).test(s.model, datamodule=s.datamodule, verbose=False)
-    result = {"split": s.args.split, **s.model.evaluation}
+    result = {"split": s.args.split, **s.run("test")}
     if s.args.classifier:
-        from vaekit.coherence import cross_modal_coherence, load_classifiers
+        from vaekit.modalities.multimodal.coherence import cross_modal_coherence, load_classifiers
 
         if not is_joint(s.model):
             raise ValueError("--classifier measures cross-modal coherence, which needs a joint (multimodal) model")
@@ -44,7 +35,7 @@ def cmd_evaluate(s: Session) -> list[Path]:
 
 
 def cmd_encode(s: Session) -> list[Path]:
-    outputs = _run_predict(s)
+    outputs = s.run("predict")
     arrays = {k: outputs[k].numpy() for k in ("mean", "logvar", "label")}
     paths = [s.out.with_suffix(".npz")]
     if s.args.plot:
@@ -63,18 +54,18 @@ def cmd_score(s: Session) -> list[Path]:
     from vaekit.scoring import anomaly_score, auroc
 
     correction = s.args.correction
-    s.model.score_complexity = correction == "complexity"
-    inside = _run_predict(s)
+    complexity = correction == "complexity"
+    inside = s.run("predict", complexity=complexity)
     key = "nll" if "nll" in inside else "neg_elbo"
     # The typical score is that of in-distribution data the model did not train on: the validation split.
-    typical = float(_run_predict(s, split="val")[key].mean()) if correction == "typicality" else None
+    typical = float(s.run("predict", split="val")[key].mean()) if correction == "typicality" else None
     sets = {"in": inside}
     if s.args.ood_root:
         if is_joint(s.model):
             raise ValueError("--ood-root takes one dataset, and a joint model reads several; score each with --from")
         # Another dataset: the label filters the model was trained with say nothing about its classes.
         ood = load_datamodule(s.model, s.record, s.args.ood_root, labels=None, exclude_labels=None)
-        sets["ood"] = _run_predict(s, ood)
+        sets["ood"] = s.run("predict", ood, complexity=complexity)
     scores = {name: anomaly_score(o[key], correction, typical, o.get("complexity_bits")) for name, o in sets.items()}
     with atomic_path(s.out) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)

@@ -14,7 +14,7 @@ from vaekit.checkpoint import load_model
 from vaekit.cli.analyse import cmd_encode, cmd_evaluate, cmd_score
 from vaekit.cli.generate import cmd_interpolate, cmd_reconstruct, cmd_sample, cmd_translate, cmd_traverse
 from vaekit.cli.parser import GENERATION_COMMANDS, build_parser
-from vaekit.cli.session import Session, choose_modalities
+from vaekit.cli.session import Session, choose_modalities, is_joint
 from vaekit.cli.share import cmd_export
 from vaekit.core.io import atomic_folder
 
@@ -37,7 +37,7 @@ FILE_COMMANDS: dict[str, Callable[[Session], list[Path]]] = {
 def model_help(argv: list[str]) -> None:
     """`vaekit sample MODEL --help`: the help with the model's own flags (argparse exits after printing it)."""
     model, _ = load_model(argv[1])
-    build_parser(model.generation_options, model.modality).parse_args(argv)
+    build_parser(model.generation_options, model.modality, is_joint(model)).parse_args(argv)
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -75,7 +75,7 @@ def run_command(argv: list[str], args: argparse.Namespace) -> None:
     # Parsed again with the model's flags: a flag the command does not use (a decoding flag for evaluate,
     # say) is rejected by argparse, naming it.
     options_type = model.generation_options if args.command in GENERATION_COMMANDS else None
-    args = build_parser(options_type, model.modality).parse_args(argv)
+    args = build_parser(options_type, model.modality, is_joint(model)).parse_args(argv)
     fields = dataclasses.fields(options_type) if options_type else ()
     options = {f.name: getattr(args, f.name) for f in fields}
     choose_modalities(model, args)

@@ -58,7 +58,7 @@ def _add_options(parser: argparse.ArgumentParser, options_type: type, modality: 
         )
 
 
-def build_parser(options_type: type | None = None, modality: str = "") -> argparse.ArgumentParser:
+def build_parser(options_type: type | None = None, modality: str = "", joint: bool = False) -> argparse.ArgumentParser:
     """The command line; with a model's ``options_type`` the generation commands also take its flags."""
     parser = argparse.ArgumentParser(
         prog="vaekit", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -75,7 +75,7 @@ def build_parser(options_type: type | None = None, modality: str = "") -> argpar
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto")
         p.add_argument("--data-root", help="where the data lives now, if it moved since training")
-        if name in ENCODING_COMMANDS and modality == "multimodal":
+        if name in ENCODING_COMMANDS and joint:
             p.add_argument("--from", dest="from_", nargs="+", metavar="MOD", help="encode these modalities only")
         return p
 

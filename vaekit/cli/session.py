@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from vaekit.checkpoint import ModelRecord, load_datamodule
 from vaekit.core.data import VAEDataModule
+from vaekit.core.evaluation import Evaluator, observe
 from vaekit.core.module import VAE, Batch, map_batch
 
 
@@ -35,10 +36,16 @@ class Session:
             self._datamodule = load_datamodule(self.model, self.record, self.args.data_root)
         return self._datamodule
 
+    @property
+    def observed(self) -> list[str] | None:
+        """The modalities a joint model encodes (``--from``; None: all it has)."""
+        return getattr(self.args, "from_", None)
+
     def prepare(self, batch: Batch) -> Batch:
-        """Move a batch to the model's device and apply the data module's device-side transform."""
+        """Move a batch to the model's device, apply the data module's device-side transform, keep what the
+        model observes."""
         batch = map_batch(batch, lambda v: v.to(self.model.device))
-        return self.datamodule.on_after_batch_transfer(batch, 0)
+        return observe(self.datamodule.on_after_batch_transfer(batch, 0), self.observed)
 
     def examples(self, split: str, indices: Sequence[int]) -> Batch:
         self.datamodule.setup("test")
@@ -60,7 +67,8 @@ class Session:
     def generate(self, z: torch.Tensor) -> Any:
         # Reconstructions, translations and interpolations follow from z alone unless a flag asks for sampling.
         deterministic = self.args.command in ("reconstruct", "interpolate", "translate")
-        return self.model.generate(z, deterministic=deterministic, **self.options)
+        targets = {"targets": getattr(self.args, "to", None)} if is_joint(self.model) else {}
+        return self.model.generate(z, deterministic=deterministic, **targets, **self.options)
 
     def save(self, data: Any, stem: str, nrow: int | None = None) -> list[Path]:
         return self.model.save_outputs(data, self.out, stem, nrow=nrow, **self.options)
@@ -84,16 +92,16 @@ class Session:
             )
 
     def evaluation_trainer(self, datamodule: VAEDataModule, split: str) -> pl.Trainer:
-        """A one-device Lightning trainer over ``split`` of ``datamodule`` (progress bar, device placement)."""
-        self.model.eval_iw_samples = getattr(self.args, "iw_samples", 0)
+        """A one-device Lightning trainer over ``split`` of ``datamodule`` (progress bar, device placement), with
+        the data module's batches sized for the command."""
+        iw_samples = getattr(self.args, "iw_samples", 0)
         datamodule.eval_split = split
         if self.args.batch_size:
             datamodule.hparams.eval_batch_size = self.args.batch_size
-        elif self.model.eval_iw_samples > 0:
+        elif iw_samples > 0:
             # The IW estimator works in chunks of iw_max_rows rows whatever the batch size, so batches of that
             # many rows cost no speed and let the progress bar move (and estimate the time) batch by batch.
-            rows = self.model.hparams.iw_max_rows // self.model.eval_iw_samples
-            datamodule.hparams.eval_batch_size = max(1, rows)
+            datamodule.hparams.eval_batch_size = max(1, self.model.hparams.iw_max_rows // iw_samples)
         if getattr(self.args, "max_examples", None):
             # The first N of the split in its own order: text batches are sorted by length, so the first batches
             # would be the shortest sentences rather than a fair share.
@@ -106,6 +114,21 @@ class Session:
             enable_checkpointing=False,
             enable_model_summary=False,
         )
+
+    def run(
+        self, stage: str, datamodule: VAEDataModule | None = None, split: str | None = None, complexity: bool = False
+    ) -> Any:
+        """``trainer.test`` (stage ``test``: the `evaluate` figures) or ``trainer.predict`` (per-example outputs)
+        of an ``Evaluator`` over ``split`` of ``datamodule`` (the command's own by default); the command's
+        settings travel as the evaluator's arguments."""
+        datamodule = datamodule or self.datamodule
+        trainer = self.evaluation_trainer(datamodule, split or self.args.split)
+        evaluator = Evaluator(self.model, getattr(self.args, "iw_samples", 0), complexity, self.observed)
+        if stage == "test":
+            trainer.test(evaluator, datamodule=datamodule, verbose=False)
+            return evaluator.result
+        outputs = trainer.predict(evaluator, datamodule=datamodule)
+        return {k: torch.cat([o[k] for o in outputs]).cpu() for k in outputs[0]}
 
 
 SMALL_COUNT = 256  # outputs that need no estimate
@@ -148,7 +171,8 @@ def _concat(parts: list[Any]) -> Any:
 
 
 def is_joint(model: VAE) -> bool:
-    return model.modality == "multimodal"
+    """Whether the model joins several modalities (it has parts, whichever plugin made it)."""
+    return isinstance(getattr(model, "parts", None), torch.nn.ModuleDict)
 
 
 def choose_modalities(model: VAE, args: argparse.Namespace) -> None:
@@ -164,4 +188,3 @@ def choose_modalities(model: VAE, args: argparse.Namespace) -> None:
         unknown = [n for n in names or [] if n not in model.parts]
         if unknown:
             raise ValueError(f"{flag} {' '.join(unknown)}: the model's modalities are {', '.join(model.parts)}")
-    model.observed, model.targets = sources, targets

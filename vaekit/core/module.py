@@ -20,7 +20,6 @@ import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
-from torchmetrics import SumMetric
 
 from vaekit import __version__
 from vaekit.core.bottleneck import Bottleneck
@@ -126,12 +125,6 @@ class VAE(pl.LightningModule):
         self.samplers = torch.nn.ModuleDict()  # post-hoc samplers fitted after training (vaekit.core.samplers)
         self.spec: Any = None
         self.val_diagnostics = PosteriorDiagnostics()
-        self.eval_iw_samples = 0  # set by `vaekit evaluate`
-        self.score_complexity = False  # set by `vaekit score --correction complexity`
-        sums = ("elbo", "rec", "kl", "nll", "units", "count", *self.eval_extras)
-        self._eval_sums = torch.nn.ModuleDict({k: SumMetric() for k in sums})
-        self._eval_diagnostics = PosteriorDiagnostics()
-        self.evaluation: dict[str, float] = {}
         self.last_kl_per_dim: Tensor | None = None  # of the latest validation, for TensorBoard
         self.recipe = ""  # the fit config as YAML, set by `vaekit fit`, kept in checkpoints for model cards
         # First optimiser step whose loss or gradient was non-finite (-1: none). A device tensor, so the
@@ -413,10 +406,20 @@ class VAE(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
-    # ----------------------------------------------------------------- evaluation (vaekit evaluate)
+    # ----------------------------------------------------------------- evaluation (vaekit evaluate, score)
     def test_step(self, batch: Batch, batch_idx: int) -> None:
+        """`vaekit test --config ...` (LightningCLI): the validation figures on the test split."""
         terms = self.elbo_terms(batch)
-        nll = self.nll(batch, self.eval_iw_samples) if self.eval_iw_samples > 0 else -terms.elbo
+        metrics = {"test/rec": terms.rec.mean(), "test/kl": terms.kl.mean(), "test/elbo": terms.elbo.mean()}
+        if self.hparams.val_iw_samples > 0:
+            metrics["test/nll"] = self.nll(batch, self.hparams.val_iw_samples).mean()
+        self.log_dict(metrics, sync_dist=True, batch_size=terms.rec.shape[0])
+
+    def evaluation_values(self, batch: Batch, iw_samples: int) -> tuple[dict[str, Tensor], DiagonalGaussian]:
+        """Per-example figures of one batch, summed over the split by ``Evaluator``, and the posterior for the
+        diagnostics. ``iw_samples`` = 0: the negative ELBO stands for the NLL."""
+        terms = self.elbo_terms(batch)
+        nll = self.nll(batch, iw_samples) if iw_samples > 0 else -terms.elbo
         values = {
             "elbo": terms.elbo,
             "rec": terms.rec,
@@ -426,40 +429,35 @@ class VAE(pl.LightningModule):
             "count": torch.ones_like(nll),
             **self.evaluation_extras(batch, terms),
         }
-        for key, value in values.items():
-            self._eval_sums[key].update(value.detach().double().sum())
-        self._eval_diagnostics.update(terms.posterior, self.bottleneck.diagnostic_kl_per_dim(terms.posterior))
+        return values, terms.posterior
 
-    def on_test_epoch_end(self) -> None:
-        sums = {k: float(metric.compute()) for k, metric in self._eval_sums.items()}
-        stats = self._eval_diagnostics.compute()
-        count = sums["count"]
-        self.evaluation = {
+    def evaluation_summary(self, totals: dict[str, float], stats: dict[str, Tensor], iw_samples: int) -> dict[str, Any]:
+        """The JSON of `vaekit evaluate` from the split's totals of ``evaluation_values`` and the diagnostics."""
+        count = totals["count"]
+        return {
             "num_examples": int(count),
-            "iw_samples": self.eval_iw_samples,
-            "elbo": sums["elbo"] / count,
-            "rec": sums["rec"] / count,
-            "kl": sums["kl"] / count,
-            "nll": sums["nll"] / count,
+            "iw_samples": iw_samples,
+            "elbo": totals["elbo"] / count,
+            "rec": totals["rec"] / count,
+            "kl": totals["kl"] / count,
+            "nll": totals["nll"] / count,
             "active_units": int(stats["active_units"]),
             "mutual_info": float(stats["mutual_info"]),
-            **self.summary_metrics(sums["nll"], sums["units"]),
-            **{key: sums[key] / count for key in self.eval_extras},
+            **self.summary_metrics(totals["nll"], totals["units"]),
+            **{key: totals[key] / count for key in self.eval_extras},
         }
-        for metric in self._eval_sums.values():
-            metric.reset()
-        self._eval_diagnostics.reset()
 
     def scoring_terms(self, batch: Batch) -> ELBOTerms:
-        """The bound `vaekit encode`/`score` report: the ELBO (a joint model: of the modalities observed)."""
+        """The bound `vaekit encode`/`score` report: the ELBO (a joint model: of the modalities in the batch)."""
         return self.elbo_terms(batch)
 
     def labels(self, batch: Batch) -> Tensor | None:
         """The batch's labels, if the data has them."""
         return batch.get("label")
 
-    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
-        """Per-example embeddings and anomaly scores (`vaekit encode` / `vaekit score`)."""
+    def predict_values(self, batch: Batch, iw_samples: int = 0, complexity: bool = False) -> dict[str, Tensor]:
+        """Per-example embeddings and anomaly scores (`vaekit encode` / `vaekit score`): the IW NLL with
+        ``iw_samples`` > 0, each input's compressed size with ``complexity``."""
         terms = self.scoring_terms(batch)
         labels = self.labels(batch)
         out = {
@@ -468,9 +466,9 @@ class VAE(pl.LightningModule):
             "neg_elbo": -terms.elbo,
             "label": labels if labels is not None else torch.full_like(terms.rec, -1, dtype=torch.long),
         }
-        if self.eval_iw_samples > 0:
-            out["nll"] = self.nll(batch, self.eval_iw_samples)
-        if self.score_complexity:
+        if iw_samples > 0:
+            out["nll"] = self.nll(batch, iw_samples)
+        if complexity:
             out["complexity_bits"] = self.complexity_bits(batch).to(terms.rec.device, terms.rec.dtype)
         return out
 

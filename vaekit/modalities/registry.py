@@ -6,7 +6,7 @@ folder names its classes, and they are looked up among what the installed plugin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 
 from vaekit.core.data import VAEDataModule
@@ -29,6 +29,8 @@ class Modality:
     model: type[VAE]
     datamodule: type[VAEDataModule]
     extra_classes: tuple[type, ...] = ()
+    # Names earlier releases recorded for classes that have moved (checkpoints keep loading).
+    former_names: dict[str, type] = field(default_factory=dict)
 
     def resolve(self, name: str | None, base: type) -> type:
         """The registered subclass of ``base`` recorded as ``name`` (the default one when ``name`` is empty)."""
@@ -39,6 +41,8 @@ class Modality:
         for cls in candidates:
             if class_name(cls) == name:
                 return cls
+        if name in self.former_names and self.former_names[name] in candidates:
+            return self.former_names[name]
         raise ValueError(
             f"the saved model names the class {name!r}, which the installed {self.name!r} plugin does not register "
             f"(it registers {', '.join(class_name(c) for c in candidates)}); vaekit never imports a class named by a "

@@ -114,9 +114,6 @@ class JointVAE(VAE):
             plugin = get_modality(part_modality(name, parts[name])).model
             self.parts[name] = instantiate(plugin, {**args, "latent_dim": latent_dim}, f"--model.parts.{name}")
         self.generation_options = self._joint_options()
-        self.observed: list[str] | None = None  # set by commands given some modalities only (--from)
-        self.targets: list[str] | None = None  # set by commands that decode some modalities only (--to)
-        self.evaluation_subsets: dict[str, dict[str, float]] = {}
 
     def _joint_options(self) -> type | None:
         """Every part's generation options as one flag set (``--griffin-lim-iters``, ``--top-p``...)."""
@@ -147,9 +144,8 @@ class JointVAE(VAE):
             part.restore_spec(part.modality, spec.parts[name])
 
     def part_names(self, batch: JointBatch) -> list[str]:
-        """The parts a batch holds, in the model's order, less those a command left out (``observed``)."""
-        chosen = self.observed or list(self.parts)
-        return [name for name in self.parts if name in batch and name in chosen]
+        """The parts a batch holds, in the model's order (a command encodes some only by passing only those)."""
+        return [name for name in self.parts if name in batch]
 
     def subsets(self, names: list[str]) -> list[tuple[str, ...]]:
         """The subsets of ``names`` whose posteriors the training bound mixes (``aggregation``)."""
@@ -240,41 +236,35 @@ class JointVAE(VAE):
         return batch[self.part_names(batch)[0]].get("label")
 
     # ----------------------------------------------------------------- evaluation (vaekit evaluate)
-    def test_step(self, batch: JointBatch, batch_idx: int) -> None:
-        """Per subset of the observed modalities: its ELBO and IW NLL over the examples that hold all of it;
-        the full set's figures are the top-level ``elbo``/``nll`` of `vaekit evaluate`."""
+    def evaluation_values(self, batch: JointBatch, iw_samples: int) -> tuple[dict[str, Tensor], DiagonalGaussian]:
+        """Per subset of the modalities in the batch: its ELBO and IW NLL over the examples that hold all of it
+        (``SUBSET.elbo``...); the full set's figures are the top-level ``elbo``/``nll`` of `vaekit evaluate`."""
         names = self.part_names(batch)
         experts = self.experts(batch, names)  # encoded once for every subset
+        values = {}
         for size in range(1, len(names) + 1):
             for subset in itertools.combinations(names, size):
                 terms = self.subset_terms(batch, subset, experts)
-                nll = (
-                    self.subset_nll(batch, subset, self.eval_iw_samples, experts)
-                    if self.eval_iw_samples
-                    else -terms.elbo
-                )
+                nll = self.subset_nll(batch, subset, iw_samples, experts) if iw_samples else -terms.elbo
                 rows = torch.stack([present(batch[name]) for name in subset]).all(0)
-                sums = self.evaluation_subsets.setdefault("+".join(subset), {})
-                for key, value in (("elbo", terms.elbo), ("rec", terms.rec), ("kl", terms.kl), ("nll", nll)):
-                    sums[key] = sums.get(key, 0.0) + float(value[rows].double().sum())
-                sums["count"] = sums.get("count", 0.0) + float(rows.sum())
-        # The last subset's: all the observed modalities.
-        self._eval_diagnostics.update(terms.posterior, self.bottleneck.diagnostic_kl_per_dim(terms.posterior))
+                key = "+".join(subset)
+                for figure, value in (("elbo", terms.elbo), ("rec", terms.rec), ("kl", terms.kl), ("nll", nll)):
+                    values[f"{key}.{figure}"] = torch.where(rows, value, torch.zeros_like(value))
+                values[f"{key}.count"] = rows.to(nll.dtype)
+        return values, terms.posterior  # the last subset's: all the modalities in the batch
 
-    def on_test_epoch_end(self) -> None:
-        stats = self._eval_diagnostics.compute()
-        self._eval_diagnostics.reset()
+    def evaluation_summary(self, totals: dict[str, float], stats: dict[str, Tensor], iw_samples: int) -> dict[str, Any]:
+        keys = {key.rsplit(".", 1)[0] for key in totals}
         subsets = {
             key: {
-                "num_examples": int(s["count"]),
-                **{k: s[k] / max(s["count"], 1) for k in ("elbo", "rec", "kl", "nll")},
+                "num_examples": int(totals[f"{key}.count"]),
+                **{k: totals[f"{key}.{k}"] / max(totals[f"{key}.count"], 1) for k in ("elbo", "rec", "kl", "nll")},
             }
-            for key, s in self.evaluation_subsets.items()
+            for key in sorted(keys, key=lambda k: (k.count("+"), [list(self.parts).index(n) for n in k.split("+")]))
         }
-        self.evaluation_subsets = {}
         full = subsets[max(subsets, key=lambda k: k.count("+"))]
-        self.evaluation = {
-            "iw_samples": self.eval_iw_samples,
+        return {
+            "iw_samples": iw_samples,
             **full,
             "active_units": int(stats["active_units"]),
             "mutual_info": float(stats["mutual_info"]),
@@ -285,10 +275,12 @@ class JointVAE(VAE):
         return sum(self.parts[name].complexity_bits(batch[name]) for name in self.part_names(batch))
 
     # ----------------------------------------------------------------- generation
-    def generate(self, z: Tensor, deterministic: bool = False, **options: Any) -> dict[str, Any]:
+    def generate(
+        self, z: Tensor, deterministic: bool = False, targets: list[str] | None = None, **options: Any
+    ) -> dict[str, Any]:
         """Each modality (all, or ``targets``) decoded from the same latents: sample i of every modality
         comes from z[i]."""
-        names = self.targets or list(self.parts)
+        names = targets or list(self.parts)
         return {
             name: self.parts[name].generate(z, deterministic=deterministic, **self._options_of(name, options))
             for name in names

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vaekit.core.joint import present
+from vaekit.core.evaluation import observe
+from vaekit.modalities.multimodal.model import present
 
 Classifier = Callable[[Tensor], Tensor]
 
@@ -86,24 +87,19 @@ def cross_modal_coherence(
         for subset in itertools.combinations([n for n in names if n != target], size)
     ]
     hits = {route: [0, 0] for route in routes}
-    observed, targets = model.observed, model.targets
-    try:
-        for batch in tqdm(batches, desc="coherence", total=total):
-            for subset, target in routes:
-                rows = torch.stack([present(batch[n]) for n in (*subset, target)]).all(0).cpu()
-                model.observed, model.targets = list(subset), [target]
-                decoded = model.generate(model.posterior(batch).mode(), deterministic=True, **options)[target]
-                correct = _predict(classifiers[target], decoded) == batch[target]["label"].cpu()
-                hits[(subset, target)][0] += int(correct[rows].sum())
-                hits[(subset, target)][1] += int(rows.sum())
-        result = {f"{'+'.join(s)}->{t}": h / n for (s, t), (h, n) in hits.items() if n}
-        if joint_samples and len(classifiers) >= 2:
-            model.observed, model.targets = None, list(classifiers)
-            for sampler in ("prior", *model.samplers):
-                key = "joint" if sampler == "prior" else f"joint_{sampler}"
-                result[key] = _joint_coherence(model, classifiers, options, joint_samples, sampler)
-    finally:
-        model.observed, model.targets = observed, targets
+    for batch in tqdm(batches, desc="coherence", total=total):
+        for subset, target in routes:
+            rows = torch.stack([present(batch[n]) for n in (*subset, target)]).all(0).cpu()
+            z = model.posterior(observe(batch, list(subset))).mode()
+            decoded = model.generate(z, deterministic=True, targets=[target], **options)[target]
+            correct = _predict(classifiers[target], decoded) == batch[target]["label"].cpu()
+            hits[(subset, target)][0] += int(correct[rows].sum())
+            hits[(subset, target)][1] += int(rows.sum())
+    result = {f"{'+'.join(s)}->{t}": h / n for (s, t), (h, n) in hits.items() if n}
+    if joint_samples and len(classifiers) >= 2:
+        for sampler in ("prior", *model.samplers):
+            key = "joint" if sampler == "prior" else f"joint_{sampler}"
+            result[key] = _joint_coherence(model, classifiers, options, joint_samples, sampler)
     return result
 
 
@@ -114,7 +110,7 @@ def _joint_coherence(
     z = model.sample_latents(num, sampler=sampler)
     predictions = []
     for chunk in tqdm(z.split(256), desc=f"joint samples ({sampler})", disable=len(z) <= 256):
-        decoded = model.generate(chunk, **options)
+        decoded = model.generate(chunk, targets=list(classifiers), **options)
         predictions.append(torch.stack([_predict(classifiers[t], decoded[t]) for t in classifiers]))
     labels = torch.cat(predictions, 1)
     return float((labels == labels[:1]).all(0).float().mean())

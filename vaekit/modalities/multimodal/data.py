@@ -28,9 +28,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from vaekit.core.data import VAEDataModule
-from vaekit.core.joint import PRESENT, JointBatch, JointSpec, part_modality
 from vaekit.core.plain import instantiate
 from vaekit.core.storage import Split, StreamSplit, TensorSplit
+from vaekit.modalities.multimodal.model import PRESENT, JointBatch, JointSpec, part_modality
 from vaekit.modalities.registry import get_modality
 
 SPLITS = ("train", "val", "test")
