@@ -1,6 +1,6 @@
 """Cost of turning log-mels back into sound: inverse mel + Griffin-Lim, seconds per second of audio.
 
-Times ``AudioVAE.to_waveform`` (``vaekit.modalities.spectral``'s inverse mel, then Griffin-Lim) on a batch of
+Times ``AudioVAE.to_waveform`` (``vaekit.modalities.audio.spectral``'s inverse mel, then Griffin-Lim) on a batch of
 clips at once and on the same clips one by one, with the spectrogram settings of a recipe.
 Content does not change the cost, so the clips are noise bursts.
 

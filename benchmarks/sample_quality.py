@@ -40,8 +40,8 @@ import torch
 from torch import Tensor, nn
 
 from vaekit.checkpoint import load_model
+from vaekit.modalities.audio.spectral import MelSpectrogram
 from vaekit.modalities.image import read_idx
-from vaekit.modalities.spectral import MelSpectrogram
 
 CACHE = Path("benchmarks/results/classifiers")
 

@@ -1,7 +1,7 @@
 """vaekit's spectrogram transforms against librosa and, where it still loads, torchaudio: same features,
 Griffin-Lim convergence at equal iterations, and speed, on real recordings.
 
-    OMP_NUM_THREADS=1 python benchmarks/spectral_parity.py --clips ../shared/data/fsdd/recordings --num 64
+    OMP_NUM_THREADS=1 python -m benchmarks.spectral_parity --clips ../shared/data/fsdd/recordings --num 64
 
 Settings are the FSDD recipe's (8 kHz, 0.768 s, n_fft 256, hop 64, 48 mels). torchaudio is optional: run it in
 an environment that has torchaudio 2.11 beside torch 2.11 (its last working pair) for the baseline columns.
@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import librosa
 import numpy as np
 import torch
 
+from benchmarks.audio_griffinlim import seconds
 from vaekit.modalities.audio import spectral_convergence
-from vaekit.modalities.spectral import GriffinLim, InverseMelScale, MelSpectrogram, Spectrogram
+from vaekit.modalities.audio.spectral import GriffinLim, InverseMelScale, MelSpectrogram, Spectrogram
 
 RATE, SAMPLES, N_FFT, HOP, N_MELS = 8000, 6144, 256, 64, 48
 
@@ -29,16 +28,6 @@ def load_clips(folder: Path, num: int) -> torch.Tensor:
     paths = sorted(folder.glob("*.wav"))[:num]
     clips = [librosa.util.fix_length(librosa.load(p, sr=RATE)[0], size=SAMPLES) for p in paths]
     return torch.from_numpy(np.stack(clips))
-
-
-def median_seconds(fn, repeats: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def convergence(invert, magnitude: torch.Tensor, n_iter: int, seeds: int = 5) -> float:
@@ -99,13 +88,11 @@ def main() -> None:
         inverters[f"torchaudio {torchaudio_version}"] = with_torchaudio
         mel_of = mel.clone()
         result["seconds_mel_inverse_and_64_iterations"] = {
-            "vaekit": median_seconds(lambda: griffin_lim(inverse(mel_of), 64)),
-            "torchaudio": median_seconds(lambda: with_torchaudio(ta_inverse(mel_of), 64, 0)),
+            "vaekit": seconds(lambda: griffin_lim(inverse(mel_of), 64), 3),
+            "torchaudio": seconds(lambda: with_torchaudio(ta_inverse(mel_of), 64, 0), 3),
         }
     except (ImportError, OSError):
-        result["seconds_mel_inverse_and_64_iterations"] = {
-            "vaekit": median_seconds(lambda: griffin_lim(inverse(mel), 64))
-        }
+        result["seconds_mel_inverse_and_64_iterations"] = {"vaekit": seconds(lambda: griffin_lim(inverse(mel), 64), 3)}
     result["griffin_lim_spectral_convergence"] = {
         name: {n: round(convergence(invert, magnitude, n), 4) for n in (8, 32, 64)}
         for name, invert in inverters.items()

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from tests.conftest import TESTS, vaekit
 from vaekit.checkpoint import load_model
 from vaekit.modalities.audio import spectral_convergence
-from vaekit.modalities.spectral import GriffinLim, InverseMelScale, MelSpectrogram, Spectrogram, mel_filterbank
+from vaekit.modalities.audio.spectral import GriffinLim, InverseMelScale, MelSpectrogram, Spectrogram, mel_filterbank
 
 V0_2 = TESTS / "fixtures" / "v0_2"  # written by vaekit 0.2 on torchaudio 2.11: tests/fixtures/make_v0_2.py
 SR, N_FFT, HOP, N_MELS = 8000, 256, 64, 32

@@ -6,7 +6,7 @@ import errno
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -18,7 +18,7 @@ from pytorch_lightning.utilities.model_summary import get_human_readable_count
 
 from vaekit.core.io import atomic_path
 from vaekit.core.module import VAE, map_batch
-from vaekit.core.samplers import GaussianMixtureSampler
+from vaekit.core.samplers import SAMPLERS
 
 
 @dataclass
@@ -94,8 +94,10 @@ class FitSampler(pl.Callback):
     --sampler gmm` then draws where the data's codes are. ``components=0`` turns it off.
     """
 
-    def __init__(self, components: int = 10, max_examples: int = 10000, seed: int = 0) -> None:
-        self.components, self.max_examples, self.seed = components, max_examples, seed
+    def __init__(
+        self, components: int = 10, max_examples: int = 10000, seed: int = 0, kind: Literal["gmm"] = "gmm"
+    ) -> None:
+        self.components, self.max_examples, self.seed, self.kind = components, max_examples, seed, kind
 
     def setup(self, trainer: pl.Trainer, pl_module: VAE, stage: str) -> None:
         chosen = pl_module.hparams.get("default_sampler", "prior")
@@ -109,8 +111,8 @@ class FitSampler(pl.Callback):
         if self.components <= 0 or trainer.interrupted or trainer.datamodule is None:
             return
         codes = posterior_means(pl_module, trainer.datamodule, "train", self.max_examples)
-        sampler = GaussianMixtureSampler.fit(codes, self.components, self.seed)
-        pl_module.samplers["gmm"] = sampler.to(pl_module.device)
+        sampler = SAMPLERS[self.kind].fit(codes, self.components, self.seed)
+        pl_module.samplers[self.kind] = sampler.to(pl_module.device)
         # Every rank fitted the same mixture (same data, same seed); saving is collective, so agree on the file.
         lasts = {Path(c.dirpath) / "last.ckpt" for c in trainer.checkpoint_callbacks if c.dirpath}
         for last in sorted(lasts):

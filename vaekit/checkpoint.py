@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import torch
 
-from vaekit.core.data import VAEDataModule
+from vaekit.core.data import VAEDataModule, is_hub_id
 from vaekit.core.module import CHECKPOINT_FORMAT, CHECKPOINT_KEY, VAE
 from vaekit.core.plain import check_plain, instantiate, nonfinite_tensors, oversized_views, without_private
 from vaekit.core.schema import check_fields, check_value, shorten
@@ -29,7 +28,6 @@ from vaekit.modalities.registry import get_modality
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 EXPORT_FORMAT = "vaekit-model"
-_HUB_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -228,7 +226,7 @@ def read_asset(path: Path, fields: tuple[str, ...]) -> dict[str, Any]:
 def resolve_source(name: str | Path) -> Path:
     """A local checkpoint file or exported folder; a Hub model id is downloaded (config, weights, assets)."""
     path = Path(name).expanduser()
-    if path.exists() or not _HUB_MODEL_ID.match(str(name)) or str(name).endswith(".ckpt"):
+    if path.exists() or not is_hub_id(str(name), owner_required=True) or str(name).endswith(".ckpt"):
         return path
     from huggingface_hub import snapshot_download
 

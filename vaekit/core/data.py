@@ -34,6 +34,15 @@ DEMO_PREFIX = "demo:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
+def is_hub_id(name: str, owner_required: bool = False) -> bool:
+    """Whether ``name`` reads as a Hugging Face hub id (``name`` or ``owner/name``; models always have an owner)
+    rather than a local path: the one rule for data roots and models."""
+    text = str(name)
+    if text.startswith(("/", ".", "~")) or not _HUB_ID.match(text):
+        return False
+    return "/" in text or not owner_required
+
+
 @dataclass(frozen=True)
 class DataSource:
     """A resolved ``--data.root``: a local folder, or a Hugging Face hub dataset id."""
@@ -58,7 +67,7 @@ def resolve_root(root: str) -> DataSource:
     path = Path(root).expanduser()
     if path.exists():
         return DataSource(local=path.resolve())
-    if root.startswith(("/", ".", "~")) or not _HUB_ID.match(root):
+    if not is_hub_id(root):
         raise FileNotFoundError(
             f"data folder {root!r} does not exist; pass --data.root with the folder holding your data "
             "(or a Hugging Face dataset id)"

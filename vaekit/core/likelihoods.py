@@ -23,6 +23,12 @@ def _sum_per_example(elementwise: Tensor, mask: Tensor | None) -> Tensor:
 class Likelihood(nn.Module):
     """p(x | decoder output). ``params`` is what the decoder returns."""
 
+    @classmethod
+    def for_data(cls, channels: int, scale: float | None = None, mixtures: int = 1) -> Likelihood:
+        """The likelihood for data of ``channels`` channels (mel bins...), from the options plugins offer:
+        a fixed ``scale`` (location-scale families), ``mixtures`` (the discretised logistic)."""
+        return cls()
+
     def log_prob(self, params: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
@@ -53,6 +59,10 @@ class _LocationScale(Likelihood):
         super().__init__()
         init = math.log(scale) if scale is not None else 0.0
         self.log_scale = nn.Parameter(torch.full((channels,), init), requires_grad=scale is None)
+
+    @classmethod
+    def for_data(cls, channels: int, scale: float | None = None, mixtures: int = 1) -> Likelihood:
+        return cls(channels, scale)
 
     def _log_scale(self, params: Tensor) -> Tensor:
         # Broadcast over (N, C, ...) with the channel axis at dim 1.
@@ -109,6 +119,10 @@ class DiscretizedLogistic(Likelihood):
     logit weights, means and log-scales, stacked as (B, channels * params_per_channel, H, W).
     """
 
+    @classmethod
+    def for_data(cls, channels: int, scale: float | None = None, mixtures: int = 1) -> Likelihood:
+        return cls(channels, mixtures)
+
     def __init__(self, channels: int, mixtures: int = 1) -> None:
         super().__init__()
         self.channels, self.mixtures = channels, mixtures
@@ -157,3 +171,13 @@ class DiscretizedLogistic(Likelihood):
         u = torch.rand_like(mean).clamp(1e-5, 1 - 1e-5)
         value = mean + log_scale.exp() * (torch.log(u) - torch.log1p(-u))
         return torch.round((value.clamp(-1, 1) + 1) / 2 * 255) / 255
+
+
+# The likelihoods plugins offer by name (``--model.likelihood``): one class and one entry each.
+LIKELIHOODS: dict[str, type[Likelihood]] = {
+    "bernoulli": Bernoulli,
+    "gaussian": Gaussian,
+    "laplace": Laplace,
+    "discretized_logistic": DiscretizedLogistic,
+    "categorical": Categorical,
+}

@@ -17,7 +17,7 @@ import inspect
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, Union
 
 # Largest integer a saved argument may hold: far above any real size or seed, far below what would
@@ -28,6 +28,20 @@ MAX_DEPTH = 16  # nesting of lists and dicts
 # Keys by which jsonargparse and Lightning name a class to import; a saved file must never carry one.
 IMPORT_KEYS = frozenset({"class_path", "_class_path", "_instantiator", "init_args", "dict_kwargs", "__path__"})
 SEQUENCES = (list, tuple, typing.Sequence, collections.abc.Sequence)
+# The scalar types: what accepts a value of each, and what an error says it expected.
+SCALARS: dict[Any, tuple[Callable[[Any], bool], str]] = {
+    type(None): (lambda v: v is None, "null"),
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and abs(v) <= MAX_INT,
+        f"a whole number of at most {MAX_INT}",
+    ),
+    float: (
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= 1e30,
+        "a finite number of at most 1e30",
+    ),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
 MAPPINGS = (dict, typing.Mapping, collections.abc.Mapping)
 
 
@@ -124,27 +138,11 @@ def check_value(value: Any, annotation: Any, where: str, depth: int = 0) -> None
         for k, v in value.items():
             check_value(v, item, f"{where}.{k}", depth + 1)
         return
-    if annotation is type(None) or annotation is None:
-        if value is not None:
-            raise SchemaError(f"{where}: expected null, got {shorten(value)}")
-        return
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise SchemaError(f"{where}: expected true or false, got {shorten(value)}")
-        return
-    if annotation is int:
-        if not isinstance(value, int) or isinstance(value, bool) or abs(value) > MAX_INT:
-            raise SchemaError(f"{where}: expected a whole number of at most {MAX_INT}, got {shorten(value)}")
-        return
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise SchemaError(f"{where}: expected a finite number, got {shorten(value)}")
-        if abs(value) > 1e30:
-            raise SchemaError(f"{where}: {value} is out of range")
-        return
-    if annotation is str:
-        if not isinstance(value, str):
-            raise SchemaError(f"{where}: expected a string, got {shorten(value)}")
+    scalar = SCALARS.get(type(None) if annotation is None else annotation)
+    if scalar is not None:
+        accepts, expected = scalar
+        if not accepts(value):
+            raise SchemaError(f"{where}: expected {expected}, got {shorten(value)}")
         return
     if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         # A class as data: only a JSON object of its fields. A string here is what jsonargparse would import.

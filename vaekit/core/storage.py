@@ -6,6 +6,9 @@ data-loader worker), so the same cache serves a laptop run held in RAM and a clu
 more than a batch; a hub dataset may instead be streamed and decoded as it arrives. The map-style splits
 answer the same calls: ``len``, a whole small column (labels, lengths), a batch by indices (``take``, which
 ``DataLoader`` calls as ``__getitems__``) and ``select`` (sub-splits by index).
+
+Over 400 lines on purpose: the three forms answer one interface, and reading them side by side is how
+one keeps them answering it alike.
 """
 
 from __future__ import annotations
@@ -61,7 +64,29 @@ def file_stats(paths: Iterable[str | Path]) -> list[tuple[str, int, int]]:
     return stats
 
 
-SPLIT_FOLDERS = {"train": "train", "test": "test", "validation": "val", "valid": "val", "val": "val", "dev": "val"}
+# Every name a split goes by in datasets, folders and file names -> vaekit's name for it: one table for all plugins.
+SPLIT_ALIASES = {
+    "train": "train",
+    "valid": "val",
+    "val": "val",
+    "validation": "val",
+    "dev": "val",
+    "eval": "val",
+    "test": "test",
+}
+
+
+SPLITS = ("train", "val", "test")
+
+
+def canonical_split(name: str) -> str | None:
+    """vaekit's name (train, val, test) for a split, folder or file-name part; None if it names no split."""
+    return SPLIT_ALIASES.get(name.lower())
+
+
+def split_aliases(split: str) -> tuple[str, ...]:
+    """The names ``split`` (train, val, test) goes by, in the order files are looked for."""
+    return tuple(alias for alias, canonical in SPLIT_ALIASES.items() if canonical == split)
 
 
 def walk_files(folder: Path, extensions: set[str]) -> Iterator[Path]:

@@ -17,11 +17,11 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from vaekit.core.data import VAEDataModule
-from vaekit.core.io import atomic_path
-from vaekit.core.likelihoods import Bernoulli, DiscretizedLogistic, Gaussian, Likelihood
+from vaekit.core.likelihoods import LIKELIHOODS
 from vaekit.core.module import VAE, Batch, bits_per_dim
 from vaekit.core.networks import ConvDecoder, ConvEncoder
-from vaekit.core.storage import ROW, SPLIT_FOLDERS, Rows, Split, file_stats, fingerprint, scan_folder, walk_files
+from vaekit.core.storage import ROW, Rows, Split, canonical_split, file_stats, fingerprint, scan_folder, walk_files
+from vaekit.modalities.pictures import grid, save_png
 from vaekit.modalities.registry import Modality
 
 # --------------------------------------------------------------------------- data
@@ -158,7 +158,7 @@ class ImageDataModule(VAEDataModule):
 
     def _local_rows(self, root: Path) -> dict[str, Rows]:
         """An image folder, listed without reading it: split folders, then one folder per label."""
-        folders = {SPLIT_FOLDERS[p.name.lower()]: p for p in sorted(root.iterdir()) if p.name.lower() in SPLIT_FOLDERS}
+        folders = {canonical_split(p.name): p for p in sorted(root.iterdir()) if canonical_split(p.name)}
         folders = folders or {"train": root}
         labels = sorted({p.name for folder in folders.values() for p in folder.iterdir() if p.is_dir()})
         self.label_names = self.spec.label_names if self.spec is not None else labels
@@ -193,8 +193,9 @@ class ImageDataModule(VAEDataModule):
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
         options = (self.hparams.grayscale, self.hparams.image_size, image_column, label_column)
         splits = {}
-        for name, found in (("train", "train"), ("val", "validation"), ("val", "valid"), ("test", "test")):
-            if found in dataset and name not in splits:
+        for found in dataset:
+            name = canonical_split(found)
+            if name is not None and name not in splits:
                 rows = dataset[found]
                 decode = _FolderDecoder(self, found, image_column, label_column)
                 key = fingerprint(getattr(rows, "_fingerprint", None), *options)  # a stream has none, and no cache
@@ -314,7 +315,7 @@ class ImageVAE(VAE):
             )
         if hp.likelihood == "discretized_logistic" and spec.binarized:
             raise ValueError("the discretised logistic models 8-bit images: set --data.binarize false")
-        self.likelihood = self._likelihood(spec)
+        self.likelihood = LIKELIHOODS[hp.likelihood].for_data(spec.channels, hp.gaussian_scale, hp.logistic_mixtures)
         outputs = spec.channels * getattr(self.likelihood, "params_per_channel", 1)
         size, stages = (spec.height, spec.width), list(hp.channels)
         self.encoder = ConvEncoder(spec.channels, size, stages, hp.blocks_per_stage, hp.hidden, hp.latent_dim)
@@ -322,14 +323,6 @@ class ImageVAE(VAE):
         if hp.channels_last:
             self.encoder.to(memory_format=torch.channels_last)
             self.decoder.to(memory_format=torch.channels_last)
-
-    def _likelihood(self, spec: ImageSpec) -> Likelihood:
-        hp = self.hparams
-        if hp.likelihood == "bernoulli":
-            return Bernoulli()
-        if hp.likelihood == "discretized_logistic":
-            return DiscretizedLogistic(spec.channels, hp.logistic_mixtures)
-        return Gaussian(spec.channels, hp.gaussian_scale)
 
     def encode_params(self, batch: Batch) -> tuple[Tensor, Tensor]:
         x = batch["x"]
@@ -361,10 +354,9 @@ class ImageVAE(VAE):
         self, data: Tensor, out_dir: Path, stem: str, nrow: int | None = None, **options: Any
     ) -> list[Path]:
         """One PNG grid (``stem``.png) plus one PNG per image (``stem``_0000.png...)."""
-        images = _to_uint8(data)
-        nrow = nrow or max(1, math.ceil(math.sqrt(len(images))))
-        paths = [_save_png(make_grid(images, nrow), out_dir / f"{stem}.png")]
-        paths += [_save_png(image, out_dir / f"{stem}_{i:04d}.png") for i, image in enumerate(images)]
+        images = [_to_pil(image) for image in _to_uint8(data)]
+        paths = [save_png(grid(images, nrow), out_dir / f"{stem}.png")]
+        paths += [save_png(image, out_dir / f"{stem}_{i:04d}.png") for i, image in enumerate(images)]
         return paths
 
 
@@ -373,27 +365,16 @@ def _to_uint8(images: Tensor) -> Tensor:
 
 
 def make_grid(images: Tensor, nrow: int, pad: int = 2) -> Tensor:
-    """(N, C, H, W) uint8 -> one (C, H', W') image, ``nrow`` images per row, with white padding."""
-    count, channels, height, width = images.shape
-    rows = math.ceil(count / nrow)
-    grid = torch.full((channels, rows * (height + pad) + pad, nrow * (width + pad) + pad), 255, dtype=torch.uint8)
-    for i, image in enumerate(images):
-        r, c = divmod(i, nrow)
-        top, left = pad + r * (height + pad), pad + c * (width + pad)
-        grid[:, top : top + height, left : left + width] = image
-    return grid
+    """(N, C, H, W) uint8 -> one (C, H', W') image, ``nrow`` images per row, with white padding (TensorBoard's)."""
+    pictures = grid([_to_pil(image) for image in images], nrow, pad)
+    array = torch.from_numpy(np.asarray(pictures).copy())
+    return array.unsqueeze(0) if array.dim() == 2 else array.permute(2, 0, 1)
 
 
 def _to_pil(image: Tensor) -> Image.Image:
     """A (C, H, W) uint8 image as PIL: grey for one channel, RGB for three."""
     array = image.permute(1, 2, 0).numpy()
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-
-
-def _save_png(image: Tensor, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        _to_pil(image).save(tmp, format="PNG")
-    return path
 
 
 MODALITY = Modality(name="image", model=ImageVAE, datamodule=ImageDataModule)
