@@ -314,6 +314,13 @@ class TextDataModule(VAEDataModule):
             )
         return strings[0]
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """The batch on the device, with a host copy of the lengths that packing reads (no copy back per step)."""
+        moved = super().transfer_batch_to_device(batch, device, dataloader_idx)
+        if isinstance(batch, dict) and "lengths" in batch:
+            moved["host_lengths"] = batch["lengths"]
+        return moved
+
     def collate(self, batch: Batch, split: str) -> Batch:
         """Token ids -> BOS + ids (cut at ``max_length``) + EOS, padded to this batch's longest sentence."""
         tok = self.tokenizer

@@ -126,7 +126,7 @@ class TextVAE(VAE):
 
     # ---------------------------------------------------------------- hooks
     def encode_params(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        return self.encoder(batch["x"], batch["lengths"])
+        return self.encoder(batch["x"], batch.get("host_lengths", batch["lengths"]))
 
     def decoder_inputs(self, batch: Batch) -> Tensor:
         """Teacher forcing: BOS..last word (EOS dropped); word dropout replaces non-BOS tokens while training."""
@@ -139,7 +139,8 @@ class TextVAE(VAE):
         return inputs
 
     def decode_params(self, z: Tensor, batch: Batch) -> Tensor:
-        return self.decoder(self.decoder_inputs(batch), batch["lengths"] - 1, z, packed=self.hparams.packed)
+        lengths = batch.get("host_lengths", batch["lengths"])
+        return self.decoder(self.decoder_inputs(batch), lengths - 1, z, packed=self.hparams.packed)
 
     def log_likelihood(self, params: Tensor, batch: Batch) -> Tensor:
         """Sum of log p(token) over each sentence's tokens after BOS (EOS included). ``params`` are the

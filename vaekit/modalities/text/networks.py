@@ -12,6 +12,12 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 # --------------------------------------------------------------------------- networks
 
 
+def on_host(lengths: Tensor) -> Tensor:
+    """Sequence lengths where packing reads them, the host: batches carry a host copy (``host_lengths``), so a
+    training step never copies them back from the GPU (a sync)."""
+    return lengths if lengths.device.type == "cpu" else lengths.cpu()
+
+
 class GRUEncoder(nn.Module):
     """Embeds the sentence, reads it with a (bi)GRU over packed sequences; last hidden state(s) -> (mean, logvar)."""
 
@@ -25,7 +31,7 @@ class GRUEncoder(nn.Module):
         self.head = nn.Linear(hidden * self.directions, 2 * latent)
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        packed = pack_padded_sequence(self.embed(x), lengths.cpu(), batch_first=True, enforce_sorted=False)
+        packed = pack_padded_sequence(self.embed(x), on_host(lengths), batch_first=True, enforce_sorted=False)
         _, last = self.rnn(packed)  # (layers * directions, B, H), in batch order
         top = last[-self.directions :].transpose(0, 1).reshape(x.shape[0], -1)
         mean, logvar = self.head(top).chunk(2, dim=-1)
@@ -77,7 +83,7 @@ class GRUDecoder(nn.Module):
         steps = inputs.shape[1]
         feed = torch.cat([self.dropout(self.embed(inputs)), z.unsqueeze(1).expand(-1, steps, -1)], dim=-1)
         if packed:
-            seq = pack_padded_sequence(feed, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            seq = pack_padded_sequence(feed, on_host(lengths), batch_first=True, enforce_sorted=False)
             out, _ = self.rnn(seq, self.initial_state(z))
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=steps)
         else:
