@@ -328,6 +328,13 @@ def text_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "exp"
 
 
+def test_absurd_decoding_flags_are_refused_up_front(text_export, tmp_path):
+    for flag, value in (("--max-length", "1000000000"), ("--beam-width", "1000000")):
+        with pytest.raises(SystemExit, match=r"--max-length must be 0\.\.4096 and --beam-width at most 256"):
+            vaekit("sample", text_export, "--num", "2", "--strategy", "beam", flag, value, "--out", tmp_path / flag)
+        assert not (tmp_path / flag).exists()
+
+
 def test_a_non_utf8_or_huge_sentence_argument_gets_one_line(text_export, tmp_path):
     undecodable = b"caf\xff\xfe".decode("utf-8", "surrogateescape")  # how Python hands over such argv bytes
     with pytest.raises(SystemExit, match="is not UTF-8 text"):

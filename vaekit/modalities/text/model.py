@@ -17,6 +17,9 @@ from vaekit.core.module import VAE, Batch, OnnxGraph
 from vaekit.modalities.text.networks import DecoderStep, GRUDecoder, GRUEncoder, InitialState
 from vaekit.modalities.text.tokenizer import TextSpec, tokenizer_from_spec
 
+MAX_TOKENS = 4096  # tokens of one decoded sentence
+MAX_BEAMS = 256
+
 
 @dataclass
 class TextGenerationOptions:
@@ -37,6 +40,10 @@ class TextGenerationOptions:
             raise ValueError(f"--strategy must be sample, greedy or beam, not {self.strategy!r}")
         if self.token_temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.beam_width < 1:
             raise ValueError("need --token-temperature > 0, 0 < --top-p <= 1, --top-k >= 0 and --beam-width >= 1")
+        # Decoding holds every sentence's tokens, and each beam the vocabulary's log-probabilities: bounded so an
+        # argument cannot take the machine's memory.
+        if not 0 <= self.max_length <= MAX_TOKENS or self.beam_width > MAX_BEAMS:
+            raise ValueError(f"--max-length must be 0..{MAX_TOKENS} and --beam-width at most {MAX_BEAMS}")
 
 
 def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
