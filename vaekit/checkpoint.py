@@ -20,8 +20,8 @@ import torch
 
 from vaekit.core.data import VAEDataModule, is_hub_id
 from vaekit.core.module import CHECKPOINT_FORMAT, CHECKPOINT_KEY, VAE
-from vaekit.core.plain import check_plain, instantiate, nonfinite_tensors, oversized_views, without_private
-from vaekit.core.schema import check_fields, check_value, shorten
+from vaekit.core.plain import instantiate, nonfinite_tensors, oversized_views, without_private
+from vaekit.core.schema import check_fields, check_plain, check_value, shorten
 from vaekit.errors import ModalityNotFound
 from vaekit.modalities.registry import get_modality
 
@@ -141,8 +141,9 @@ def record_from_checkpoint(checkpoint: dict[str, Any], source: str | Path) -> Mo
     if isinstance(version, int) and not isinstance(version, bool) and version > CHECKPOINT_FORMAT:
         raise ValueError(f"{source}: written by a newer vaekit ({shorten(meta.get('vaekit_version'))}); upgrade vaekit")
     check_fields(CheckpointMeta, meta, f"{source}: {CHECKPOINT_KEY}")
-    for key in ("hyper_parameters", "datamodule_hyper_parameters"):
-        check_value(checkpoint.get(key), dict[str, Any] | None, f"{source}: {key}")
+    for key in ("hyper_parameters", "datamodule_hyper_parameters"):  # their contents: ``ModelRecord.check``
+        if not isinstance(checkpoint.get(key) or {}, dict):
+            raise ValueError(f"{source}: {key} is a {type(checkpoint[key]).__name__}, not an object of arguments")
     for key in ("global_step", "epoch"):
         check_value(checkpoint.get(key), int | None, f"{source}: {key}")
     return ModelRecord(

@@ -36,7 +36,7 @@ from vaekit.core.distributions import (
 )
 from vaekit.core.estimators import PosteriorDiagnostics, iw_nll
 from vaekit.core.likelihoods import Likelihood
-from vaekit.core.objectives import ELBO, ELBOTerms, LogLikelihood, Objective, ObjectiveConfig, build_objective
+from vaekit.core.objectives import THE_ELBO, ELBOTerms, LogLikelihood, Objective, ObjectiveConfig, build_objective
 from vaekit.core.plain import nonfinite_tensors, to_plain
 from vaekit.core.samplers import SAMPLERS
 from vaekit.core.schedules import BetaSchedule
@@ -307,7 +307,7 @@ class VAE(pl.LightningModule):
     def elbo_terms(self, batch: Batch, beta: float = 1.0) -> ELBOTerms:
         """The ELBO's pass, whatever the model trains on: validation, evaluation and scores use it. Sums over
         data and latent dims, mean over the batch for ``loss``."""
-        return self.bound_terms(batch, ELBO(), beta)
+        return self.bound_terms(batch, THE_ELBO, beta)
 
     def nll(self, batch: Batch, num_samples: int) -> Tensor:
         """Importance-weighted -log p(x) per example with ``num_samples`` samples."""

@@ -212,6 +212,8 @@ def tc_decomposition(
 
 
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (ELBO, IWAE, BetaTCVAE)}
+# The bound every model is validated, selected and evaluated by, whatever it trains on (it holds no state).
+THE_ELBO = ELBO()
 
 
 def build_objective(config: ObjectiveConfig, free_bits: float, prior: str) -> Objective:

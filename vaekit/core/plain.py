@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from vaekit.core.schema import IMPORT_KEYS, check_arguments
+from vaekit.core.schema import check_arguments, check_plain
 
 PlainData = str | int | float | bool | None | list["PlainData"] | dict[str, "PlainData"]
 
@@ -38,22 +38,6 @@ def to_plain(value: Any, where: str = "value") -> PlainData:
         f"{where} is a {type(value).__name__}, which a vaekit checkpoint cannot hold (only str, int, float, bool, "
         "None, lists and dicts); pass it as plain values (a dataclass or dict of them)"
     )
-
-
-def check_plain(value: Any, where: str) -> None:
-    """Raise if ``value`` is not plain data or names a class to import (``class_path`` and the like)."""
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ValueError(f"{where}: key {key!r} is not a string")
-            if key in IMPORT_KEYS:
-                raise ValueError(f"{where}: {key!r} names code to import; vaekit refuses such entries in saved models")
-            check_plain(item, f"{where}.{key}")
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            check_plain(item, f"{where}[{i}]")
-    elif not (value is None or isinstance(value, str | bool | int | float)):
-        raise ValueError(f"{where}: a {type(value).__name__} where only plain data may be")
 
 
 def without_private(args: Mapping[str, Any] | None) -> dict[str, Any]:

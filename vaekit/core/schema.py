@@ -168,6 +168,15 @@ def _check_dict(value: Any, where: str) -> None:
         raise SchemaError(f"{where}: expected an object with string keys, got {shorten(value)}")
     if len(value) > MAX_ITEMS:
         raise SchemaError(f"{where}: {len(value)} entries, more than {MAX_ITEMS}")
+    named = sorted(IMPORT_KEYS.intersection(value))
+    if named:
+        raise SchemaError(f"{where}: {named[0]!r} names code to import; vaekit refuses such entries in saved models")
+
+
+def check_plain(value: Any, where: str) -> None:
+    """Raise unless ``value`` is plain data (str, int, float, bool, None, lists, string-keyed dicts), bounded,
+    with no key by which jsonargparse or Lightning name a class to import."""
+    check_value(value, Any, where)
 
 
 def _check_plain_any(value: Any, where: str, depth: int) -> None:
@@ -179,8 +188,6 @@ def _check_plain_any(value: Any, where: str, depth: int) -> None:
     elif isinstance(value, Mapping):
         _check_dict(value, where)
         for k, v in value.items():
-            if k in IMPORT_KEYS:
-                raise SchemaError(f"{where}: {k!r} names code to import; vaekit refuses such entries in saved models")
             check_value(v, Any, f"{where}.{k}", depth + 1)
     elif isinstance(value, float) and not math.isfinite(value):
         raise SchemaError(f"{where}: expected a finite number, got {value}")

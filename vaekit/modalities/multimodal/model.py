@@ -34,7 +34,7 @@ from torch import Tensor
 from vaekit.core.distributions import DiagonalGaussian
 from vaekit.core.estimators import iw_nll
 from vaekit.core.module import VAE, OnnxGraph, repeat_batch
-from vaekit.core.objectives import ELBO, ELBOTerms, LogLikelihood, Objective, mix_terms
+from vaekit.core.objectives import THE_ELBO, ELBOTerms, LogLikelihood, Objective, mix_terms
 from vaekit.core.plain import instantiate
 from vaekit.modalities.registry import get_modality
 
@@ -212,9 +212,9 @@ class JointVAE(VAE):
         """The ELBO of log p(x_S) for the modalities S alone, under q_S, in unweighted nats (``experts``:
         the batch's, when already encoded)."""
         posterior, _ = self.subset_posterior(experts or self.experts(batch, list(subset)), subset)
-        elbo = ELBO()
-        terms = elbo.terms(posterior, self.bottleneck, self.subset_likelihood(batch, list(subset), weighted=False), 1.0)
-        terms.loss = (terms.rec + terms.kl).mean()
+        log_likelihood = self.subset_likelihood(batch, list(subset), weighted=False)
+        terms = THE_ELBO.terms(posterior, self.bottleneck, log_likelihood, 1.0)
+        terms.loss = THE_ELBO.loss(terms, 1.0, 0.0)
         return terms
 
     def subset_nll(
