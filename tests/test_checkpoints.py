@@ -62,6 +62,7 @@ def _every_command(model: Path | str, out: Path, modality: str) -> None:
         "text": "samples.jsonl",
         "audio": "samples_0000.wav",
         "multimodal": "image/samples_0000.png",
+        "tabular": "samples.csv",
     }[modality]
     assert (out / "sample" / first).is_file()
     assert len(list((out / "rec").rglob("reconstructions*"))) >= 1  # a joint model: one folder per modality

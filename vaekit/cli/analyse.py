@@ -13,6 +13,7 @@ from vaekit.checkpoint import load_datamodule
 from vaekit.cli.session import Session, is_joint
 from vaekit.core.data import label_indices
 from vaekit.core.io import atomic_path, write_text
+from vaekit.core.module import map_batch
 
 
 def cmd_evaluate(s: Session) -> list[Path]:
@@ -50,12 +51,24 @@ def cmd_encode(s: Session) -> list[Path]:
     return paths
 
 
+def score_inputs(s: Session, complexity: bool) -> dict[str, torch.Tensor]:
+    """`score --input FILES`: per-example outputs for the given files, in their order, a batch at a time."""
+    batch = s.inputs(s.args.input)
+    size = s.args.batch_size or 1024
+    count = len(next(iter(batch.values())))
+    parts = [
+        s.model.predict_values(map_batch(batch, lambda v, i=i: v[i : i + size]), s.args.iw_samples, complexity)
+        for i in range(0, count, size)
+    ]
+    return {key: torch.cat([part[key] for part in parts]).cpu() for key in parts[0]}
+
+
 def cmd_score(s: Session) -> list[Path]:
     from vaekit.scoring import anomaly_score, auroc
 
     correction = s.args.correction
     complexity = correction == "complexity"
-    inside = s.run("predict", complexity=complexity)
+    inside = score_inputs(s, complexity) if s.args.input else s.run("predict", complexity=complexity)
     key = "nll" if "nll" in inside else "neg_elbo"
     # The typical score is that of in-distribution data the model did not train on: the validation split.
     typical = float(s.run("predict", split="val")[key].mean()) if correction == "typicality" else None
@@ -80,14 +93,19 @@ def cmd_score(s: Session) -> list[Path]:
         is_ood = torch.cat([torch.zeros(len(scores["in"])), torch.ones(len(scores["ood"]))])
         value = auroc(both, is_ood)
         print(f"AUROC in-distribution vs {s.args.ood_root} ({what}): {'n/a' if value is None else f'{value:.4f}'}")
-    if s.args.normal is not None:
+    # Without --normal, the labels the data module named normal (a table's label column), if any.
+    # Rows without a label (-1: an --input file without the label column) are left out of the AUROC.
+    normal_names = s.args.normal if s.args.normal is not None else getattr(s.model.spec, "normal_labels", None)
+    known = inside["label"] >= 0
+    if normal_names and known.any():
         label_names = getattr(s.model.spec, "label_names", None) or []
-        labels, normal = inside["label"], torch.tensor(label_indices(s.args.normal, label_names, "--normal"))
+        labels, normal = inside["label"][known], torch.tensor(label_indices(normal_names, label_names, "--normal"))
+        scores["in"] = scores["in"][known]
         overall = auroc(scores["in"], (~torch.isin(labels, normal)).long())
         if overall is None:
             print("AUROC not computed: the split holds only normal or only anomalous examples")
         else:
-            print(f"AUROC ({what}, normal labels {s.args.normal}): {overall:.4f}")
+            print(f"AUROC ({what}, normal labels {normal_names}): {overall:.4f}")
             for value in sorted(set(labels.tolist()) - set(normal.tolist())):
                 chosen = torch.isin(labels, normal) | (labels == value)
                 name = label_names[value] if 0 <= value < len(label_names) else str(value)

@@ -145,7 +145,13 @@ def build_parser(options_type: type | None = None, modality: str = "", joint: bo
             p.add_argument(
                 "--iw-samples", type=_count(0), default=0, help="> 0 scores with the IW NLL instead of -ELBO"
             )
-            p.add_argument("--normal", nargs="+", help="labels of normal examples; prints the AUROC, and per label")
+            p.add_argument(
+                "--normal",
+                nargs="+",
+                help="labels of normal examples; prints the AUROC, and per label (default: the labels the model's "
+                "data names normal, as a table's label column does)",
+            )
+            p.add_argument("--input", nargs="+", help="files to score instead of the split (rows of a table, say)")
             p.add_argument("--ood-root", help="a second dataset of the same modality: scored too, with the AUROC")
             p.add_argument(
                 "--correction",
