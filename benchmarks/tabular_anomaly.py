@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import tempfile
 import time
 from collections.abc import Callable
@@ -90,7 +91,7 @@ def pyod_detector(name: str, seed: int) -> Detector:
         model = {
             "IForest": lambda: IForest(random_state=seed),
             "ECOD": ECOD,
-            "PyOD VAE": lambda: VAE(random_state=seed),
+            "PyOD VAE": lambda: VAE(random_state=seed, verbose=0),
         }
         detector = model[name]()
         # PyOD's deep detectors standardise internally; IForest and ECOD are invariant to per-column scaling.
@@ -107,7 +108,9 @@ def main() -> None:
     parser.add_argument("--max-rows", type=int, default=20000, help="larger files are subsampled (stratified)")
     parser.add_argument("--detectors", nargs="+", default=["vaekit", "IForest", "ECOD", "PyOD VAE"])
     parser.add_argument("--files", nargs="+", help="file stems (default: every .npz in DATA)")
-    parser.add_argument("--vaekit-args", nargs="*", default=[], help="extra `vaekit fit` overrides (not for results)")
+    parser.add_argument(
+        "--vaekit-args", default="", help="extra `vaekit fit` overrides, one quoted string (trials, not results)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="a JSON file of every result")
     args = parser.parse_args()
 
@@ -120,7 +123,7 @@ def main() -> None:
             x, y = load(path, args.max_rows, seed)
             train, test, _, y_test = train_test_split(x, y, test_size=0.3, stratify=y, random_state=seed)
             for name in args.detectors:
-                extra = ["--seed_everything", str(seed), *args.vaekit_args]
+                extra = ["--seed_everything", str(seed), *shlex.split(args.vaekit_args)]
                 detector = vaekit_detector(extra) if name == "vaekit" else pyod_detector(name, seed)
                 with tempfile.TemporaryDirectory(prefix="tabular-anomaly-") as scratch:
                     start = time.perf_counter()
