@@ -124,7 +124,7 @@ class TableDataModule(VAEDataModule):
         fix = "empty those cells (a missing value is allowed), or set --data.skip_bad_files true to leave such rows out"
         table = encode_table(frame, spec, where, self.hparams.skip_bad_files, fix)
         self.skipped += table.skipped
-        # The row's position in its file: a stable id that `encode`/`score` outputs can be traced back with.
+        # The row's position in its file as the example's stable id (the base module's ``row``).
         return {"x": table.x, "label": table.label, ROW: torch.tensor(frame.index.to_numpy())[table.rows]}
 
     def make_spec(self, train: Any) -> TableSpec:
