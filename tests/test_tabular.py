@@ -272,3 +272,33 @@ def test_an_unseen_category_is_an_error_naming_it_or_a_counted_skip(tiny, tmp_pa
     with pytest.warns(UserWarning, match="skipped 1 bad"):
         data = _module(tmp_path / "data", skip_bad_files=True)
     assert len(data.splits["test"]) == 4 and data.splits["test"]["row"].tolist() == [0, 1, 3, 4]
+
+
+JOINT = """
+model:
+  class_path: vaekit.modalities.multimodal.model.JointVAE
+  init_args:
+    latent_dim: 4
+    parts:
+      image: {channels: [4], blocks_per_stage: 0, hidden: 16, likelihood: bernoulli}
+      tabular: {}
+data:
+  class_path: vaekit.modalities.multimodal.data.PairedDataModule
+  init_args:
+    pair_by: label
+    image_root: demo:image
+    batch_size: 16
+    sources: {image: {binarize: true}, tabular: {root: "demo:tabular"}}
+"""
+
+
+def test_a_table_is_a_part_of_a_joint_model(tmp_path):
+    """Paired by label (demo digits 0 and 1 with normal and fraudulent rows): the plugin, unchanged, as a part."""
+    (tmp_path / "joint.yaml").write_text(JOINT)
+    vaekit(*fit_args(str(tmp_path / "joint.yaml"), tmp_path / "run", *QUICK))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    vaekit("translate", ckpt, "--from", "image", "--to", "tabular", "--num", "3", "--out", tmp_path / "i2t")
+    rows = pd.read_csv(tmp_path / "i2t" / "tabular" / "translations.csv")
+    assert len(rows) == 3 and list(rows.columns) == ["amount", "hour", "merchant", "channel", "country", "age"]
+    vaekit("score", ckpt, "--from", "tabular", "--out", tmp_path / "scores.csv")
+    assert len(_scores(tmp_path / "scores.csv")) > 0
