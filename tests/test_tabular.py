@@ -302,3 +302,18 @@ def test_a_table_is_a_part_of_a_joint_model(tmp_path):
     assert len(rows) == 3 and list(rows.columns) == ["amount", "hour", "merchant", "channel", "country", "age"]
     vaekit("score", ckpt, "--from", "tabular", "--out", tmp_path / "scores.csv")
     assert len(_scores(tmp_path / "scores.csv")) > 0
+
+
+def test_a_hub_dataset_is_read_by_split(monkeypatch):
+    """A hub id's splits (here built in memory: no network) become the table's splits, validation held out."""
+    import datasets
+
+    frame = pd.read_csv(DEMO)
+    hub = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_pandas(frame[:300]), "test": datasets.Dataset.from_pandas(frame[300:])}
+    )
+    monkeypatch.setattr(TableDataModule, "hub_dataset", lambda self: hub)
+    data = _module("someone/transactions")
+    assert data.source.hub_id == "someone/transactions"
+    assert (len(data.splits["train"]), len(data.splits["val"]), len(data.splits["test"])) == (270, 30, 100)
+    assert data.spec.categorical == ["merchant", "channel", "country"] and data.label_names == ["0", "1"]
