@@ -9,11 +9,12 @@ rm -rf "$OUT"; mkdir -p "$OUT"
 declare -A ROOT=( [image/tiny]=demo:image [image/mnist]=$DATA/mnist [text/tiny]=demo:text \
   [text/ptb]=$DATA/ptb [audio/tiny]=demo:audio [audio/fsdd]=$DATA/fsdd/recordings \
   [multimodal/tiny]="demo:image --data.audio_root demo:audio" \
-  [multimodal/digits]="$DATA/mnist --data.audio_root $DATA/fsdd/recordings" )
+  [multimodal/digits]="$DATA/mnist --data.audio_root $DATA/fsdd/recordings" \
+  [tabular/tiny]=demo:tabular [tabular/adbench]=$DATA/adbench/6_cardio.npz )
 # A joint recipe takes one root per modality: its first is given as --data.image_root.
 declare -A FLAG=( [multimodal/tiny]=--data.image_root [multimodal/digits]=--data.image_root )
 fail=0
-for cfg in image/tiny image/mnist text/tiny text/ptb audio/tiny audio/fsdd multimodal/tiny multimodal/digits; do
+for cfg in image/tiny image/mnist text/tiny text/ptb audio/tiny audio/fsdd multimodal/tiny multimodal/digits tabular/tiny tabular/adbench; do
   run=$OUT/${cfg/\//-}
   vaekit fit --config configs/$cfg.yaml ${FLAG[$cfg]:---data.root} ${ROOT[$cfg]} --trainer.default_root_dir $run \
     --trainer.max_steps 5 --trainer.max_epochs 100 --trainer.limit_val_batches 2 --samples.num 2 \
