@@ -213,6 +213,9 @@ def test_the_adbench_recipe_on_a_users_csv_then_score(tmp_path, capsys):
     np.savez(tmp_path / "rows.npz", X=x[:5], y=y[:5])  # an .npz too: X and y
     vaekit("score", ckpt, "--input", tmp_path / "rows.npz", "--out", tmp_path / "npz.csv")
     assert [int(r["label"]) for r in _scores(tmp_path / "npz.csv")] == y[:5].tolist()
+    frame[5:9].to_parquet(tmp_path / "rows.parquet")  # and Parquet
+    vaekit("score", ckpt, "--input", tmp_path / "rows.parquet", "--out", tmp_path / "parquet.csv")
+    assert [int(r["label"]) for r in _scores(tmp_path / "parquet.csv")] == y[5:9].tolist()
 
 
 # ------------------------------------------------------------------ bad tables
