@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The three reference recipes on one GPU, trained side by side for MINUTES each, then evaluated and scored by
-# the sample-quality benchmark; first, Lightning against a plain loop on the GPU (benchmarks/throughput.py).
+# Issue #20's GPU runs in one call (about 10 minutes on one H200): no host sync in a step, throughput of
+# `vaekit fit` against plain loops at batch sizes 64 to 4096 with a profile, the fast paths one by one, then the
+# three reference recipes trained side by side for SECONDS each, evaluated and scored by the sample-quality
+# benchmark.
 #
 #   bash benchmarks/gpu_recipes.sh DATA OUT [SECONDS]
 #
-# SMOKE=1 shrinks everything (no throughput run, 16 test examples, K=10, 50 samples) to check the script on a CPU.
-# DATA holds mnist/ (the IDX files), ptb/ (ptb.*.txt) and fsdd/recordings/ (WAVs); the scorers' classifiers
-# and LM must be cached under benchmarks/results/classifiers (a CPU run of benchmarks/sample_quality.py
-# trains them). OUT gets each run's log, evaluation JSON, sample-quality JSON and samples; no checkpoints
-# leave OUT/runs.
+# SMOKE=1 shrinks everything (tiny recipes, a few steps, 16 test examples, K=10, 50 samples) to check the
+# script on a CPU. DATA holds mnist/ (the IDX files), ptb/ (ptb.*.txt) and fsdd/recordings/ (WAVs): on the
+# device machine, copy ../shared/data's three folders (39 MB) into an ignored folder of the checkout and carry
+# it. The scorers' classifiers and LM must be cached under benchmarks/results/classifiers (a CPU run of
+# benchmarks/sample_quality.py trains them). OUT gets each run's log and JSON, the profile and samples; no
+# checkpoints leave OUT/runs.
 set -uo pipefail
 DATA=$(realpath "$1")
 OUT=$(realpath -m "$2")
@@ -18,14 +21,41 @@ RUNS="$OUT/runs"
 mkdir -p "$RUNS"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4 VAEKIT_CACHE="$OUT/cache"
 stamp() { echo "[$(date +%T)] $*"; }
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU (smoke run)"
 
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 if [ "$SMOKE" = 0 ]; then
-    stamp "throughput: Lightning against a plain loop, MNIST recipe"
-    timeout 90 python -m benchmarks.throughput --config configs/image/mnist.yaml --data.root "$DATA/mnist" \
-        --steps 300 --warmup 30 --repeats 3 --out "$OUT/throughput_mnist_gpu.json" >"$OUT/throughput.log" 2>&1
-    cat "$OUT/throughput_mnist_gpu.json"
+    stamp "no host sync in a training step (torch.cuda.set_sync_debug_mode error)"
+    python -m benchmarks.gpu_sync_check configs/image/tiny.yaml configs/audio/tiny.yaml configs/text/tiny.yaml \
+        configs/multimodal/tiny.yaml 2>&1 | tee "$OUT/sync_check.log" | grep -E "steps without|Error"
+    STEPS=(--steps 60 --warmup 15 --repeats 2)
+    MNIST=(--config configs/image/mnist.yaml --data.root "$DATA/mnist")
+    FSDD=(--config configs/audio/fsdd.yaml --data.root "$DATA/fsdd/recordings")
+    PTB=(--config configs/text/ptb.yaml --data.root "$DATA/ptb")
+    SIZES=(64 128 1024 4096)
+else
+    STEPS=(--steps 4 --warmup 2 --repeats 1)
+    MNIST=(--config configs/image/tiny.yaml)
+    FSDD=(--config configs/audio/tiny.yaml)
+    PTB=(--config configs/text/tiny.yaml)
+    SIZES=(32 64)
 fi
+throughput() {  # NAME SECONDS ARGS...: each run bounded, so the whole script stays near 10 minutes
+    local name=$1 limit=$2
+    shift 2
+    stamp "throughput $name"
+    timeout "$limit" python -m benchmarks.throughput "$@" "${STEPS[@]}" --out "$OUT/throughput_$name.json" \
+        >"$OUT/throughput_$name.log" 2>&1
+    echo "exit $?"
+    grep '^|' "$OUT/throughput_$name.log"
+}
+throughput mnist 120 "${MNIST[@]}" --batch-sizes "${SIZES[@]}" --profile "$OUT/profile_mnist.txt"
+throughput fsdd 60 "${FSDD[@]}" --batch-sizes "${SIZES[@]:1:2}"
+throughput ptb 60 "${PTB[@]}" --batch-sizes "${SIZES[@]:1:2}"
+throughput mnist_compile 60 "${MNIST[@]}" --model.compile true
+throughput mnist_cudagraphs 60 "${MNIST[@]}" --model.compile reduce-overhead
+throughput mnist_fused_adam 40 "${MNIST[@]}" --model.fused_optimizer true
+throughput mnist_loader 40 "${MNIST[@]}" --data.on_device false
+[ -f "$OUT/profile_mnist.txt" ] && head -60 "$OUT/profile_mnist.txt"
 
 stamp "fit: the three recipes side by side, $SECONDS_PER_FIT s each"
 MAX_TIME=$(printf "00:00:%02d:%02d" $((SECONDS_PER_FIT / 60)) $((SECONDS_PER_FIT % 60)))

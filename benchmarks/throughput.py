@@ -1,7 +1,10 @@
-"""Training throughput of a recipe under `vaekit fit` (Lightning) against a plain PyTorch loop.
+"""Training throughput of a recipe under `vaekit fit` (Lightning) against plain PyTorch loops.
 
-Both loops train the same network from the same initial weights on batches from the same data
-module, in one process, alternating (plain, Lightning, plain, ...) so drift of the machine hits both.
+All loops train the same network from the same initial weights on batches from the same data module, in one
+process, alternating (plain, resident, Lightning, plain, ...) so drift of the machine hits all. Two baselines:
+``plain``, the loop a user writes with the data module's DataLoader, and ``resident``, the same loop given the
+data already on the device (``core/resident.py``). Lightning runs with the recipe's settings plus the
+overrides given (``--model.compile true``, ``--data.on_device false``...).
 Lightning runs as a recipe does (progress bar, metrics logged every step); validation and checkpointing are
 off in both since the plain loop has neither. Lightning logs at the recipe's ``log_every_n_steps``. Reports examples/s, data units/s (pixels, tokens,
 spectrogram cells) and the ratio Lightning / plain, by wall clock and by this process's CPU time.
@@ -9,12 +12,18 @@ The CPU-time ratio is the one to read on a shared machine: other processes' load
 (use --threads 1 there, so idle OpenMP threads spinning do not count either).
 
     python -m benchmarks.throughput --config configs/image/mnist.yaml --data.root ../shared/data/mnist
+    python -m benchmarks.throughput --config ... --batch-sizes 64 256 1024 4096   # a sweep, one row per size
+    python -m benchmarks.throughput --config ... --profile out/profile.txt         # where a Lightning step goes
+
+The learning rate does not enter throughput; for training at large batches vaekit's rule is the square root
+(Adam): ``--model.lr`` = 1e-3 * sqrt(batch / 128), as in docs/training.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import statistics
 import time
@@ -26,6 +35,7 @@ import torch
 from vaekit.cli.fit import build_cli
 from vaekit.core.data import VAEDataModule
 from vaekit.core.module import VAE
+from vaekit.core.resident import DeviceBatches
 
 
 class StepTimer(pl.Callback):
@@ -84,21 +94,35 @@ def _rates(seconds: float, cpu_seconds: float, examples: int, units: int) -> dic
     }
 
 
-def run_plain(model: VAE, datamodule: VAEDataModule, steps: int, warmup: int) -> dict[str, float]:
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resident_batches(datamodule: VAEDataModule) -> DeviceBatches:
+    """The training split on the device, batched there: the same data the Lightning run gets on a GPU."""
+    return DeviceBatches(
+        datamodule.split("train"),
+        device(),
+        datamodule.batch_indices("train", shuffle=True),
+        functools.partial(datamodule.collate, split="train"),
+        datamodule.HOST_COLUMNS,
+    )
+
+
+def run_plain(model: VAE, datamodule: VAEDataModule, steps: int, warmup: int, resident: bool) -> dict[str, float]:
     """The baseline: for batch in loader: move, transform, loss, backward, step. Nothing else."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = model.to(device).train()
+    model = model.to(device()).train()
     optimizer = model.configure_optimizers()
+    batches = resident_batches(datamodule) if resident else datamodule.train_dataloader()
     examples = units = 0
     step, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while step < steps + warmup:
-        for batch in datamodule.train_dataloader():
+        for batch in batches:
             if step == warmup:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+                synchronize()
                 start, cpu_start = time.perf_counter(), time.process_time()
-            batch = datamodule.on_after_batch_transfer({k: v.to(device) for k, v in batch.items()}, 0)
-            loss = model.elbo_terms(batch, model.beta(step)).loss
+            batch = datamodule.on_after_batch_transfer(datamodule.transfer_batch_to_device(batch, device(), 0), 0)
+            loss = model.bound_terms(batch, model.objective, model.beta(step)).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -108,9 +132,61 @@ def run_plain(model: VAE, datamodule: VAEDataModule, steps: int, warmup: int) ->
             step += 1
             if step == steps + warmup:
                 break
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize()
     return _rates(time.perf_counter() - start, time.process_time() - cpu_start, examples, units)
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def profile_lightning(model: VAE, datamodule: VAEDataModule, steps: int, log_every: int, out: Path) -> None:
+    """Lightning's steps under torch.profiler: the operators by time on the device and the host."""
+    from pytorch_lightning.profilers import PyTorchProfiler
+
+    profiler = PyTorchProfiler(dirpath=str(out.parent), filename=out.stem, sort_by_key="self_cuda_time_total"
+                               if torch.cuda.is_available() else "self_cpu_time_total", row_limit=40)  # fmt: skip
+    trainer = pl.Trainer(accelerator="auto", devices=1, max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0,
+                         enable_checkpointing=False, log_every_n_steps=log_every, default_root_dir=str(out.parent),
+                         profiler=profiler, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, datamodule=datamodule)
+
+
+def measure(config: str, overrides: list[str], args: argparse.Namespace) -> dict[str, object]:
+    """One batch size: the three loops, ``repeats`` times each, alternating."""
+    pl.seed_everything(0, verbose=False)
+    model, datamodule, log_every = build(config, overrides)
+    initial = copy.deepcopy(model.state_dict())
+    runs: dict[str, list[dict[str, float]]] = {"plain": [], "resident": [], "lightning": []}
+    root = Path("benchmarks/results/throughput")
+    for _ in range(args.repeats):
+        for name in runs:
+            model.load_state_dict(initial)
+            if name == "lightning":
+                datamodule._resident_device = False  # decided afresh by the trainer, as in `vaekit fit`
+                runs[name].append(run_lightning(model, datamodule, args.steps, args.warmup, log_every, root))
+            else:
+                runs[name].append(run_plain(model, datamodule, args.steps, args.warmup, name == "resident"))
+    result: dict[str, object] = {"batch_size": datamodule.hparams.batch_size, "log_every_n_steps": log_every}
+    for name, rates in runs.items():
+        result[f"{name}_examples_per_s"] = statistics.median(r["examples_per_s"] for r in rates)
+        result[f"{name}_units_per_s"] = statistics.median(r["units_per_s"] for r in rates)
+    for baseline in ("plain", "resident"):
+        wall = [
+            ln["examples_per_s"] / b["examples_per_s"] for ln, b in zip(runs["lightning"], runs[baseline], strict=True)
+        ]
+        cpu = [
+            ln["examples_per_cpu_s"] / b["examples_per_cpu_s"]
+            for ln, b in zip(runs["lightning"], runs[baseline], strict=True)
+        ]
+        result[f"ratio_to_{baseline}"] = statistics.median(wall)
+        result[f"ratio_to_{baseline}_runs"] = wall
+        result[f"cpu_time_ratio_to_{baseline}"] = statistics.median(cpu)
+    if args.profile:
+        model.load_state_dict(initial)
+        profile_lightning(model, datamodule, args.warmup + args.steps, log_every, Path(args.profile))
+    return result
 
 
 def main() -> None:
@@ -119,43 +195,35 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="timed optimiser steps per run")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[], help="a sweep (default: the recipe's)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    parser.add_argument("--profile", help="also profile Lightning's steps into this file (largest batch size)")
     parser.add_argument("--out", help="write the result as JSON here too")
     args, overrides = parser.parse_known_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    pl.seed_everything(0, verbose=False)
-    model, datamodule, log_every = build(args.config, overrides)
-    initial = copy.deepcopy(model.state_dict())
-    plain, lightning = [], []
-    root = Path("benchmarks/results/throughput")
-    for _ in range(args.repeats):
-        model.load_state_dict(initial)
-        plain.append(run_plain(model, datamodule, args.steps, args.warmup))
-        model.load_state_dict(initial)
-        lightning.append(run_lightning(model, datamodule, args.steps, args.warmup, log_every, root))
-    ratios = [ln["examples_per_s"] / pl_["examples_per_s"] for ln, pl_ in zip(lightning, plain, strict=True)]
-    cpu_ratios = [
-        ln["examples_per_cpu_s"] / pl_["examples_per_cpu_s"] for ln, pl_ in zip(lightning, plain, strict=True)
-    ]
+    sizes = args.batch_sizes or [None]
+    rows = []
+    for size in sizes:
+        extra = ["--data.batch_size", str(size)] if size else []
+        profile, args.profile = args.profile, args.profile if size == sizes[-1] else None
+        rows.append(measure(args.config, overrides + extra, args))
+        args.profile = profile
+        print(json.dumps(rows[-1], indent=2), flush=True)
     result = {
         "config": args.config,
         "overrides": overrides,
-        "batch_size": datamodule.hparams.batch_size,
         "steps": args.steps,
-        "log_every_n_steps": log_every,
         "threads": torch.get_num_threads(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "plain_examples_per_s": statistics.median(r["examples_per_s"] for r in plain),
-        "lightning_examples_per_s": statistics.median(r["examples_per_s"] for r in lightning),
-        "plain_units_per_s": statistics.median(r["units_per_s"] for r in plain),
-        "lightning_units_per_s": statistics.median(r["units_per_s"] for r in lightning),
-        "wall_ratios": ratios,
-        "wall_ratio_median": statistics.median(ratios),
-        "cpu_time_ratios": cpu_ratios,
-        "cpu_time_ratio_median": statistics.median(cpu_ratios),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "rows": rows,
     }
-    print(json.dumps(result, indent=2))
+    print("| batch | plain ex/s | resident ex/s | vaekit fit ex/s | fit / plain | fit / resident |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['batch_size']} | {r['plain_examples_per_s']:.0f} | {r['resident_examples_per_s']:.0f} | "
+              f"{r['lightning_examples_per_s']:.0f} | {r['ratio_to_plain']:.2f} | {r['ratio_to_resident']:.2f} |")  # fmt: skip
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

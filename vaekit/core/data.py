@@ -17,8 +17,9 @@ import torch
 from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
 
+from vaekit.core.resident import HOST_PREFIX, DeviceBatches, fits_on_device
 from vaekit.core.storage import (
     ArrowSplit,
     Rows,
@@ -136,9 +137,16 @@ class VAEDataModule(pl.LightningDataModule):
     ``test``/``val`` (``test_fraction``/``val_fraction``) where the data has no such split, keeps the first
     ``limit`` examples of each split, and filters labels. A model loaded from a checkpoint hands its spec
     back through ``adopt_spec`` so the data is prepared exactly as in training.
+
+    Splits held in memory can live on the training device whole (``on_device``; by default on a GPU when they
+    take at most a quarter of its free memory), batched there with no loader workers or copies per step
+    (``core/resident.py``). A module opts in with ``DEVICE_COLLATE`` once its ``collate`` works on device
+    tensors; values its collate reads as numbers come from host copies of ``HOST_COLUMNS``.
     """
 
     IN_MEMORY_BYTES = 2**30
+    DEVICE_COLLATE = False  # whether ``collate`` works on tensors on the device (then splits may live there)
+    HOST_COLUMNS: tuple[str, ...] = ()  # columns also kept on the host, given to ``collate`` as ``host_<name>``
     SPEC_EXAMPLES = 2000  # the spec (sizes, statistics) is computed from at most this many training examples
 
     def __init__(
@@ -157,6 +165,7 @@ class VAEDataModule(pl.LightningDataModule):
         in_memory: bool | None = None,
         cache_dir: str | None = None,
         streaming: bool = False,
+        on_device: bool | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -169,10 +178,17 @@ class VAEDataModule(pl.LightningDataModule):
                 f"--data.streaming is for hub datasets, and {self.source} is a local folder: it is decoded once "
                 "into the on-disk cache instead (--data.in_memory false reads it from there per batch)"
             )
+        if on_device and not self.DEVICE_COLLATE:
+            raise ValueError(
+                f"--data.on_device true: {type(self).__name__} batches on the host (its collate runs on the host "
+                "only); leave --data.on_device unset"
+            )
         self.spec: Any = None
         self.splits: dict[str, Split] = {}
         self.eval_split = "test"
         self.skipped: list[str] = []
+        self._resident: dict[tuple[str, bool, bool], DeviceBatches] = {}
+        self._resident_device: torch.device | bool | None = False  # False: not decided yet
 
     # ---------------------------------------------------------------- plugin hooks
     def load_splits(self) -> dict[str, Rows | dict[str, Tensor]]:
@@ -186,8 +202,26 @@ class VAEDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     def collate(self, batch: dict[str, Tensor], split: str) -> dict[str, Tensor]:
-        """A batch as read from ``split``, before it goes to the device (runs in the loader's workers)."""
+        """A batch as read from ``split``, before it goes to the device (runs in the loader's workers), or on
+        the device when the split lives there (``DEVICE_COLLATE``)."""
         return batch
+
+    def batch_sampler(self, split: str, shuffle: bool, sort_by_length: bool = False) -> Sampler[list[int]] | None:
+        """A module's own batching of a split (text: by length, when ``sort_by_length`` or training), or None
+        for plain batches of ``batch_size``, shuffled or in order, which Lightning shards under DDP."""
+        return None
+
+    def batch_indices(self, split: str, shuffle: bool, sort_by_length: bool = False) -> Sampler[list[int]]:
+        """The indices of each batch of a split, drawn on the host: the module's own, else plain batches."""
+        custom = self.batch_sampler(split, shuffle, sort_by_length)
+        if custom is not None:
+            return custom
+        dataset = self.split(split)
+        order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        return BatchSampler(order, self.batch_size(shuffle), drop_last=False)
+
+    def batch_size(self, training: bool) -> int:
+        return self.hparams.batch_size if training else (self.hparams.eval_batch_size or self.hparams.batch_size)
 
     # ---------------------------------------------------------------- shared
     def hub_dataset(self) -> Any:
@@ -336,25 +370,86 @@ class VAEDataModule(pl.LightningDataModule):
     def _collate_stream(self, examples: list[dict[str, Any]], split: str) -> dict[str, Tensor]:
         return self.collate(collate_examples(examples), split)
 
-    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        batch_size = self.hparams.batch_size if shuffle else (self.hparams.eval_batch_size or self.hparams.batch_size)
-        if isinstance(self.split(split), StreamSplit):  # shuffled in the stream, sharded by rank and worker
+    def loader(self, split: str, shuffle: bool = False, sort_by_length: bool = False) -> DataLoader | DeviceBatches:
+        """Batches of a split: from the device when the splits live there (``resident_device``), else a
+        DataLoader (a stream's is shuffled in the stream, sharded by rank and worker)."""
+        if isinstance(self.split(split), StreamSplit):
             return DataLoader(
                 self.split(split),
-                batch_size=batch_size,
+                batch_size=self.batch_size(shuffle),
                 collate_fn=functools.partial(self._collate_stream, split=split),
                 num_workers=self.hparams.num_workers,
             )
+        device = self.resident_device()
+        if device is not None:
+            key = (split, shuffle, sort_by_length)
+            if key not in self._resident:
+                self._resident[key] = DeviceBatches(
+                    self.split(split),
+                    device,
+                    self.batch_indices(split, shuffle, sort_by_length),
+                    functools.partial(self.collate, split=split),
+                    self.HOST_COLUMNS,
+                    fixed=not shuffle,
+                    rank=self.trainer.global_rank,
+                    world=self.trainer.world_size,
+                )
+            return self._resident[key]
+        custom = self.batch_sampler(split, shuffle, sort_by_length)
+        batching = (
+            {"batch_sampler": custom}
+            if custom is not None
+            else {"batch_size": self.batch_size(shuffle), "shuffle": shuffle}
+        )
         return DataLoader(
             self.split(split),
-            batch_size=batch_size,
-            shuffle=shuffle,
+            **batching,
             collate_fn=functools.partial(self.collate, split=split),
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
             pin_memory=self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator),
-            drop_last=False,
         )
+
+    def resident_device(self) -> torch.device | None:
+        """The device the splits live on while a trainer runs, or None for DataLoaders: ``on_device``, else
+        by size on a GPU. Decided once and said in the log."""
+        if self._resident_device is not False:
+            return self._resident_device
+        wanted, trainer = self.hparams.on_device, self.trainer
+        if trainer is None or wanted is False:
+            return None  # a command outside training: batches for the host, the model moves them
+        splits = list(self.splits.values())
+        why_not = (
+            "its collate runs on the host only"
+            if not self.DEVICE_COLLATE
+            else "its splits are not all held in memory (--data.in_memory true)"
+            if not all(isinstance(s, TensorSplit) for s in splits)
+            else None
+        )
+        if why_not and wanted:
+            raise ValueError(f"--data.on_device true: {self.source} cannot live on the device: {why_not}")
+        device = trainer.strategy.root_device
+        size = sum(column.nbytes for s in splits if isinstance(s, TensorSplit) for column in s.columns.values())
+        chosen = not why_not and (wanted or fits_on_device(size, device))
+        if chosen:
+            rank_zero_info(
+                f"{self.source}: all splits ({size / 2**20:.0f} MB) on {device}, batched there with no loader "
+                "workers (--data.on_device false for DataLoaders)"
+            )
+        elif wanted is None and device.type == "cuda":
+            rank_zero_info(f"{self.source}: batched by DataLoaders ({why_not or 'too large for the device'})")
+        self._resident_device = device if chosen else None
+        return self._resident_device
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Everything to the device but the host copies (``host_*`` keys, at any depth): those are read as
+        numbers on the host, and a copy back from the GPU would stall the step."""
+        if not isinstance(batch, dict):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        return {
+            key: value if key.startswith(HOST_PREFIX) else self.transfer_batch_to_device(value, device, dataloader_idx)
+            for key, value in batch.items()
+        }
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", shuffle=True)

@@ -118,6 +118,8 @@ class VAE(pl.LightningModule):
         iw_max_rows: int = 1024,
         default_sampler: str = "prior",
         objective: ObjectiveConfig | None = None,
+        compile: bool | Literal["reduce-overhead", "max-autotune"] = False,
+        fused_optimizer: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -222,6 +224,15 @@ class VAE(pl.LightningModule):
             self.attach_spec(datamodule.spec)
         train = getattr(datamodule, "splits", {}).get("train")
         self.objective.attach_data(len(train) if isinstance(train, Sized) else None)
+        if stage == "fit" and self.hparams.compile:
+            self.compile_networks(None if self.hparams.compile is True else self.hparams.compile)
+
+    def compile_networks(self, mode: str | None) -> None:
+        """``compile``: the encoder and decoder through ``torch.compile`` (in place, so their weights keep their
+        names), for training only; commands on a saved model run eagerly. ``reduce-overhead`` adds CUDA graphs,
+        for data of one shape per batch (images, audio)."""
+        for network in (self.encoder, self.decoder):
+            network.compile(mode=mode)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to save a diverged model; store only plain data beside the tensors (see ``vaekit.checkpoint``)."""
@@ -398,7 +409,9 @@ class VAE(pl.LightningModule):
             )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        """Adam; ``fused_optimizer`` updates all parameters in one kernel (PyTorch's fused Adam)."""
+        hp = self.hparams
+        return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, fused=hp.fused_optimizer)
 
     # ----------------------------------------------------------------- evaluation (vaekit evaluate, score)
     def test_step(self, batch: Batch, batch_idx: int) -> None:

@@ -126,6 +126,8 @@ class ImageDataModule(VAEDataModule):
     and test once per image, with a fixed seed (the IWAE protocol), whichever batch it lands in.
     """
 
+    DEVICE_COLLATE = True
+
     def __init__(
         self,
         root: str,
@@ -259,7 +261,8 @@ class ImageDataModule(VAEDataModule):
             return batch
         shape = batch["x"].shape[1:]
         noise = np.stack([np.random.default_rng([self.hparams.seed, row]).random(shape) for row in batch[ROW].tolist()])
-        return {**batch, "x": (torch.from_numpy(noise) * 255 < batch["x"]).to(torch.uint8) * 255}
+        noise = torch.from_numpy(noise).to(batch["x"].device)
+        return {**batch, "x": (noise * 255 < batch["x"]).to(torch.uint8) * 255}
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         """uint8 -> [0, 1] on the device; a fresh binarisation of training batches (dynamic binarisation)."""

@@ -75,6 +75,8 @@ class AudioDataModule(VAEDataModule):
     split at random with ``val_fraction``/``test_fraction``.
     """
 
+    DEVICE_COLLATE = True  # waveforms as they are; the features are computed on the device
+
     def __init__(
         self,
         root: str,

@@ -143,6 +143,10 @@ class JointVAE(VAE):
         for name, part in self.parts.items():
             part.restore_spec(part.modality, spec.parts[name])
 
+    def compile_networks(self, mode: str | None) -> None:
+        for part in self.parts.values():
+            part.compile_networks(mode)
+
     def part_names(self, batch: JointBatch) -> list[str]:
         """The parts a batch holds, in the model's order (a command encodes some only by passing only those)."""
         return [name for name in self.parts if name in batch]

@@ -15,7 +15,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import BatchSampler, RandomSampler, Sampler, SequentialSampler
 
 from vaekit.core.data import VAEDataModule
 from vaekit.core.module import Batch
@@ -162,6 +162,8 @@ class TextDataModule(VAEDataModule):
     """
 
     TOKENIZER_LINES_STREAMED = 200_000
+    DEVICE_COLLATE = True
+    HOST_COLUMNS = ("length",)  # the padding width and the GRU's packing read lengths as numbers
 
     def __init__(
         self,
@@ -314,26 +316,23 @@ class TextDataModule(VAEDataModule):
             )
         return strings[0]
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """The batch on the device, with a host copy of the lengths that packing reads (no copy back per step)."""
-        moved = super().transfer_batch_to_device(batch, device, dataloader_idx)
-        if isinstance(batch, dict) and "lengths" in batch:
-            moved["host_lengths"] = batch["lengths"]
-        return moved
-
     def collate(self, batch: Batch, split: str) -> Batch:
-        """Token ids -> BOS + ids (cut at ``max_length``) + EOS, padded to this batch's longest sentence."""
+        """Token ids -> BOS + ids (cut at ``max_length``) + EOS, padded to this batch's longest sentence, on
+        the batch's device; the lengths also as a host copy (``host_lengths``), which packing reads."""
         tok = self.tokenizer
+        host_lengths = batch.get("host_length", batch["length"]).clamp(max=self.hparams.max_length)
         lengths = batch["length"].clamp(max=self.hparams.max_length)
-        width = int(lengths.max()) if len(lengths) else 0
+        width = int(host_lengths.max()) if len(host_lengths) else 0
         ids = batch["ids"][:, :width].long()
-        inside = torch.arange(width) < lengths[:, None]
-        x = torch.full((len(lengths), width + 2), tok.pad_token_id, dtype=torch.long)
+        device = ids.device
+        inside = torch.arange(width, device=device) < lengths[:, None]
+        x = torch.full((len(lengths), width + 2), tok.pad_token_id, dtype=torch.long, device=device)
         x[:, 0] = tok.bos_token_id
         x[:, 1:-1] = ids.masked_fill(~inside, tok.pad_token_id)
-        x[torch.arange(len(lengths)), lengths + 1] = tok.eos_token_id
-        mask = torch.arange(width + 2) < (lengths + 2)[:, None]
-        return {"x": x, "mask": mask, "lengths": lengths + 2, **{k: v for k, v in batch.items() if k in ("label", ROW)}}
+        x[torch.arange(len(lengths), device=device), lengths + 1] = tok.eos_token_id
+        mask = torch.arange(width + 2, device=device) < (lengths + 2)[:, None]
+        kept = {k: v for k, v in batch.items() if k in ("label", ROW)}
+        return {"x": x, "mask": mask, "lengths": lengths + 2, "host_lengths": host_lengths + 2, **kept}
 
     def _warn_report(self) -> None:
         r = self.report
@@ -371,26 +370,22 @@ class TextDataModule(VAEDataModule):
         return self.collate(batch, "inputs")
 
     # ---------------------------------------------------------------- batches
-    def loader(self, split: str, shuffle: bool = False, sort_by_length: bool = False) -> DataLoader:
-        if not (shuffle or sort_by_length) or isinstance(self.split(split), StreamSplit):
-            return super().loader(split)
-        hp = self.hparams
+    def batch_sampler(self, split: str, shuffle: bool, sort_by_length: bool = False) -> Sampler[list[int]] | None:
+        """Training batches bucketed by length, evaluation batches sorted by it; in file order otherwise."""
+        if not (shuffle or sort_by_length):
+            return None
         dataset = self.split(split)
-        batch_size = hp.batch_size if shuffle else (hp.eval_batch_size or hp.batch_size)
-        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
-        batches = BucketBatchSampler(
-            sampler,
-            batch_size,
+        return BucketBatchSampler(
+            RandomSampler(dataset) if shuffle else SequentialSampler(dataset),
+            self.batch_size(shuffle),
             drop_last=False,
-            lengths=dataset["length"].clamp(max=hp.max_length),
-            pool_batches=hp.bucket_pool if shuffle else 0,
+            lengths=dataset["length"].clamp(max=self.hparams.max_length),
+            pool_batches=self.hparams.bucket_pool if shuffle else 0,
             shuffle=shuffle,
         )
-        collate = functools.partial(self.collate, split=split)
-        return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=hp.num_workers)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> Any:
         return self.loader("val", sort_by_length=True)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> Any:
         return self.loader(self.eval_split, sort_by_length=True)
