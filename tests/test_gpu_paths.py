@@ -14,7 +14,7 @@ from vaekit.cli.fit import build_cli
 from vaekit.core.resident import DeviceBatches
 from vaekit.core.storage import ROW, TensorSplit
 
-RECIPES = ["image/tiny", "audio/tiny", "text/tiny"]
+RECIPES = ["image/tiny", "audio/tiny", "text/tiny", "tabular/tiny"]
 
 
 def cli_of(config: str, tmp_path, *extra: str):

@@ -42,6 +42,8 @@ class TableDataModule(VAEDataModule):
     sees a row, so the base's ``make_spec`` only hands the fitted spec over.
     """
 
+    DEVICE_COLLATE = True  # rows are ready tensors; nothing to collate
+
     def __init__(
         self,
         root: str,
