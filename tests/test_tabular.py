@@ -210,6 +210,9 @@ def test_the_adbench_recipe_on_a_users_csv_then_score(tmp_path, capsys):
     capsys.readouterr()
     vaekit("score", ckpt, "--out", tmp_path / "scores.csv")
     assert "AUROC" in capsys.readouterr().out and len(_scores(tmp_path / "scores.csv")) == 90  # 30 % held out
+    scored = _scores(tmp_path / "scores.csv")  # each score names its row of their.csv, with that row's label
+    assert len({r["index"] for r in scored}) == 90 and max(int(r["index"]) for r in scored) > 90
+    assert all(int(r["label"]) == y[int(r["index"])] for r in scored)
     np.savez(tmp_path / "rows.npz", X=x[:5], y=y[:5])  # an .npz too: X and y
     vaekit("score", ckpt, "--input", tmp_path / "rows.npz", "--out", tmp_path / "npz.csv")
     assert [int(r["label"]) for r in _scores(tmp_path / "npz.csv")] == y[:5].tolist()

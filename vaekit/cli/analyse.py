@@ -14,6 +14,7 @@ from vaekit.cli.session import Session, is_joint
 from vaekit.core.data import label_indices
 from vaekit.core.io import atomic_path, write_text
 from vaekit.core.module import map_batch
+from vaekit.core.storage import ROW
 
 
 def cmd_evaluate(s: Session) -> list[Path]:
@@ -84,8 +85,10 @@ def cmd_score(s: Session) -> list[Path]:
         writer = csv.writer(handle)
         writer.writerow(["index", "set", "label", key, "score"])
         for name, outputs in sets.items():
-            rows = zip(outputs["label"].tolist(), outputs[key].tolist(), scores[name].tolist(), strict=True)
-            for i, (label, raw, score) in enumerate(rows):
+            # The row of the data (a table's row in its file) where batches carry it, else the position.
+            index = outputs.get(ROW, torch.arange(len(outputs["label"]))).tolist()
+            rows = zip(index, outputs["label"].tolist(), outputs[key].tolist(), scores[name].tolist(), strict=True)
+            for i, label, raw, score in rows:
                 writer.writerow([i, name, label, f"{raw:.6f}", f"{score:.6f}"])
     what = f"{key} with the {correction} correction" if correction != "none" else key
     if "ood" in sets:

@@ -41,6 +41,7 @@ from vaekit.core.plain import nonfinite_tensors, to_plain
 from vaekit.core.samplers import SAMPLERS
 from vaekit.core.schedules import BetaSchedule
 from vaekit.core.schema import check_fields
+from vaekit.core.storage import ROW
 
 Batch = dict[str, Tensor]
 CHECKPOINT_KEY = "vaekit"
@@ -473,6 +474,8 @@ class VAE(pl.LightningModule):
             "neg_elbo": -terms.elbo,
             "label": labels if labels is not None else torch.full_like(terms.rec, -1, dtype=torch.long),
         }
+        if ROW in batch:  # the example's row in its data, so per-example outputs name their inputs
+            out[ROW] = batch[ROW]
         if iw_samples > 0:
             out["nll"] = self.nll(batch, iw_samples)
         if complexity:
