@@ -55,7 +55,7 @@ throughput mnist_compile 60 "${MNIST[@]}" --model.compile true
 throughput mnist_cudagraphs 60 "${MNIST[@]}" --model.compile reduce-overhead
 throughput mnist_fused_adam 40 "${MNIST[@]}" --model.fused_optimizer true
 throughput mnist_loader 40 "${MNIST[@]}" --data.on_device false
-[ -f "$OUT/profile_mnist.txt" ] && head -60 "$OUT/profile_mnist.txt"
+[ -f "$OUT/fit-profile_mnist.txt" ] && head -60 "$OUT/fit-profile_mnist.txt"  # the PyTorchProfiler writes fit-NAME.txt
 
 stamp "fit: the three recipes side by side, $SECONDS_PER_FIT s each"
 MAX_TIME=$(printf "00:00:%02d:%02d" $((SECONDS_PER_FIT / 60)) $((SECONDS_PER_FIT % 60)))

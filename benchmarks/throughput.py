@@ -145,8 +145,8 @@ def profile_lightning(model: VAE, datamodule: VAEDataModule, steps: int, log_eve
     """Lightning's steps under torch.profiler: the operators by time on the device and the host."""
     from pytorch_lightning.profilers import PyTorchProfiler
 
-    profiler = PyTorchProfiler(dirpath=str(out.parent), filename=out.stem, sort_by_key="self_cuda_time_total"
-                               if torch.cuda.is_available() else "self_cpu_time_total", row_limit=40)  # fmt: skip
+    profiler = PyTorchProfiler(dirpath=str(out.parent), filename=out.stem, sort_by_key="cuda_time_total"
+                               if torch.cuda.is_available() else "cpu_time_total", row_limit=40)  # fmt: skip
     trainer = pl.Trainer(accelerator="auto", devices=1, max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0,
                          enable_checkpointing=False, log_every_n_steps=log_every, default_root_dir=str(out.parent),
                          profiler=profiler, enable_model_summary=False)  # fmt: skip
