@@ -113,6 +113,7 @@ def run_plain(model: VAE, datamodule: VAEDataModule, steps: int, warmup: int, re
     """The baseline: for batch in loader: move, transform, loss, backward, step. Nothing else."""
     model = model.to(device()).train()
     optimizer = model.configure_optimizers()
+    datamodule.trainer = None  # no trainer: the DataLoader a user's own loop gets, even after a Lightning run
     batches = resident_batches(datamodule) if resident else datamodule.train_dataloader()
     examples = units = 0
     step, start, cpu_start = 0, time.perf_counter(), time.process_time()
@@ -164,7 +165,6 @@ def measure(config: str, overrides: list[str], args: argparse.Namespace) -> dict
         for name in runs:
             model.load_state_dict(initial)
             if name == "lightning":
-                datamodule._resident_device = False  # decided afresh by the trainer, as in `vaekit fit`
                 runs[name].append(run_lightning(model, datamodule, args.steps, args.warmup, log_every, root))
             else:
                 runs[name].append(run_plain(model, datamodule, args.steps, args.warmup, name == "resident"))

@@ -78,6 +78,8 @@ def test_on_device_fit_trains_and_says_so(tmp_path, caplog):
     assert cli.trainer.global_step == len(cli.trainer.train_dataloader) > 0
     assert isinstance(cli.trainer.train_dataloader, DeviceBatches)
     assert isinstance(cli.trainer.val_dataloaders, DeviceBatches)
+    cli.datamodule.trainer = None  # outside training (a command, a user's own loop): DataLoaders again
+    assert isinstance(cli.datamodule.loader("train", shuffle=True), DataLoader)
     assert "batched there with no loader workers" in caplog.text
     assert torch.isfinite(cli.trainer.callback_metrics["val/elbo"])
 

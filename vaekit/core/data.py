@@ -188,7 +188,7 @@ class VAEDataModule(pl.LightningDataModule):
         self.eval_split = "test"
         self.skipped: list[str] = []
         self._resident: dict[tuple[str, bool, bool], DeviceBatches] = {}
-        self._resident_device: torch.device | bool | None = False  # False: not decided yet
+        self._resident_for: tuple[Any, torch.device | None] | None = None  # (trainer, its choice), once decided
 
     # ---------------------------------------------------------------- plugin hooks
     def load_splits(self) -> dict[str, Rows | dict[str, Tensor]]:
@@ -412,12 +412,13 @@ class VAEDataModule(pl.LightningDataModule):
 
     def resident_device(self) -> torch.device | None:
         """The device the splits live on while a trainer runs, or None for DataLoaders: ``on_device``, else
-        by size on a GPU. Decided once and said in the log."""
-        if self._resident_device is not False:
-            return self._resident_device
+        by size on a GPU. Decided once per trainer and said in the log."""
         wanted, trainer = self.hparams.on_device, self.trainer
         if trainer is None or wanted is False:
             return None  # a command outside training: batches for the host, the model moves them
+        if self._resident_for is not None and self._resident_for[0] is trainer:
+            return self._resident_for[1]
+        self._resident = {}  # a new trainer: batches for its device and processes
         splits = list(self.splits.values())
         why_not = (
             "its collate runs on the host only"
@@ -438,8 +439,8 @@ class VAEDataModule(pl.LightningDataModule):
             )
         elif wanted is None and device.type == "cuda":
             rank_zero_info(f"{self.source}: batched by DataLoaders ({why_not or 'too large for the device'})")
-        self._resident_device = device if chosen else None
-        return self._resident_device
+        self._resident_for = (trainer, device if chosen else None)
+        return self._resident_for[1]
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Everything to the device but the host copies (``host_*`` keys, at any depth): those are read as
