@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import traceback
 
 import pytorch_lightning as pl
 import torch
@@ -51,8 +52,14 @@ def main() -> None:
         sys.exit("gpu_sync_check needs a CUDA device")
     argv = sys.argv[1:]
     configs, overrides = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
-    for config in configs:
-        print(f"{config}: {check(config, overrides)} steps without a host sync", flush=True)
+    failed = 0
+    for config in configs:  # each config checked even when one before it syncs: one run names every sync
+        try:
+            print(f"{config}: {check(config, overrides)} steps without a host sync", flush=True)
+        except Exception:
+            failed += 1
+            print(f"{config}: a host sync (or another error) in a step:\n{traceback.format_exc()}", flush=True)
+    sys.exit(failed)
 
 
 if __name__ == "__main__":

@@ -39,22 +39,29 @@ from vaekit.core.resident import DeviceBatches
 
 
 class StepTimer(pl.Callback):
-    """Wall time from the first timed step to the last, skipping ``warmup`` steps."""
+    """Wall time from the first timed step to the end of the last, skipping ``warmup`` steps.
 
-    def __init__(self, warmup: int) -> None:
-        self.warmup = warmup
+    The device is synchronised at both ends only, and units are summed on the device, so the timer adds no
+    host sync to the steps it times.
+    """
+
+    def __init__(self, warmup: int, last: int) -> None:
+        self.warmup, self.last = warmup, last
         self.start = self.end = self.cpu_start = self.cpu_end = 0.0
         self.examples = self.units = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup:
+            synchronize()
             self.start, self.cpu_start = time.perf_counter(), time.process_time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step > self.warmup:
             self.examples += len(batch["x"])
-            self.units += int(pl_module.num_units(batch).sum())
-        self.end, self.cpu_end = time.perf_counter(), time.process_time()
+            self.units = self.units + pl_module.num_units(batch).sum()
+        if trainer.global_step == self.last:
+            synchronize()
+            self.end, self.cpu_end = time.perf_counter(), time.process_time()
 
 
 def build(config: str, overrides: list[str]) -> tuple[VAE, VAEDataModule, int]:
@@ -68,7 +75,7 @@ def build(config: str, overrides: list[str]) -> tuple[VAE, VAEDataModule, int]:
 def run_lightning(
     model: VAE, datamodule: VAEDataModule, steps: int, warmup: int, log_every: int, root: Path
 ) -> dict[str, float]:
-    timer = StepTimer(warmup)
+    timer = StepTimer(warmup, last=steps + warmup)
     trainer = pl.Trainer(
         accelerator="auto",
         devices=1,
@@ -82,7 +89,7 @@ def run_lightning(
         enable_model_summary=False,
     )
     trainer.fit(model, datamodule=datamodule)
-    return _rates(timer.end - timer.start, timer.cpu_end - timer.cpu_start, timer.examples, timer.units)
+    return _rates(timer.end - timer.start, timer.cpu_end - timer.cpu_start, timer.examples, int(timer.units))
 
 
 def _rates(seconds: float, cpu_seconds: float, examples: int, units: int) -> dict[str, float]:
@@ -129,12 +136,12 @@ def run_plain(model: VAE, datamodule: VAEDataModule, steps: int, warmup: int, re
             optimizer.step()
             if step >= warmup:
                 examples += len(batch["x"])
-                units += int(model.num_units(batch).sum())
+                units = units + model.num_units(batch).sum()  # on the device: no sync in the timed loop
             step += 1
             if step == steps + warmup:
                 break
     synchronize()
-    return _rates(time.perf_counter() - start, time.process_time() - cpu_start, examples, units)
+    return _rates(time.perf_counter() - start, time.process_time() - cpu_start, examples, int(units))
 
 
 def synchronize() -> None:
@@ -197,7 +204,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[], help="a sweep (default: the recipe's)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
-    parser.add_argument("--profile", help="also profile Lightning's steps into this file (largest batch size)")
+    parser.add_argument("--profile", help="also profile Lightning's steps into this file (at the first batch size)")
     parser.add_argument("--out", help="write the result as JSON here too")
     args, overrides = parser.parse_known_args()
     if args.threads:
@@ -206,7 +213,7 @@ def main() -> None:
     rows = []
     for size in sizes:
         extra = ["--data.batch_size", str(size)] if size else []
-        profile, args.profile = args.profile, args.profile if size == sizes[-1] else None
+        profile, args.profile = args.profile, args.profile if size == sizes[0] else None
         rows.append(measure(args.config, overrides + extra, args))
         args.profile = profile
         print(json.dumps(rows[-1], indent=2), flush=True)
@@ -221,7 +228,7 @@ def main() -> None:
     }
     print("| batch | plain ex/s | resident ex/s | vaekit fit ex/s | fit / plain | fit / resident |")
     print("|---|---|---|---|---|---|")
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r["batch_size"]):
         print(f"| {r['batch_size']} | {r['plain_examples_per_s']:.0f} | {r['resident_examples_per_s']:.0f} | "
               f"{r['lightning_examples_per_s']:.0f} | {r['ratio_to_plain']:.2f} | {r['ratio_to_resident']:.2f} |")  # fmt: skip
     if args.out:
