@@ -32,6 +32,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from vaekit.callbacks import step_progress_bar
 from vaekit.cli.fit import build_cli
 from vaekit.core.data import VAEDataModule
 from vaekit.core.module import VAE
@@ -88,6 +89,7 @@ def run_lightning(
         callbacks=[timer],
         enable_model_summary=False,
     )
+    trainer.callbacks = [step_progress_bar(callback) for callback in trainer.callbacks]  # as `vaekit fit` runs
     trainer.fit(model, datamodule=datamodule)
     return _rates(timer.end - timer.start, timer.cpu_end - timer.cpu_start, timer.examples, int(timer.units))
 

@@ -132,3 +132,19 @@ def test_the_fused_optimiser_takes_the_same_steps(image_model):
     assert fused_losses == pytest.approx(losses, rel=1e-5)
     for key, value in weights.items():
         torch.testing.assert_close(fused_weights[key], value, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "choice, device, fused",
+    [(None, "cuda", True), (None, "cpu", None), (True, "cpu", True), (False, "cuda", None), (False, "cpu", None)],
+)
+def test_adam_is_fused_on_cuda_by_default_and_otherwise_pytorchs_choice(
+    image_model, monkeypatch, choice, device, fused
+):
+    """``fused=False`` passed to Adam would also turn off its multi-tensor update (one launch per parameter):
+    vaekit passes None instead, so PyTorch keeps its own choice (foreach on CUDA)."""
+    cli, _ = image_model
+    cli.model.hparams.fused_optimizer = choice
+    monkeypatch.setattr(type(cli.model), "device", property(lambda self: torch.device(device)))
+    defaults = cli.model.configure_optimizers().defaults
+    assert defaults["fused"] is fused and defaults["foreach"] is None

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
-from pytorch_lightning.callbacks import ModelCheckpoint, ModelSummary
+from pytorch_lightning.callbacks import ModelCheckpoint, ModelSummary, RichProgressBar, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from pytorch_lightning.utilities.model_summary import get_human_readable_count
@@ -147,6 +147,45 @@ class LogMedia(pl.Callback):
             pl_module.log_media(writer, "samples/val_reconstructions", shown.reconstructions, step)
         if pl_module.last_kl_per_dim is not None:  # val/kl_per_dim_mc under a mixture prior (an estimate)
             writer.add_histogram(f"val/{pl_module.bottleneck.diagnostic_name}", pl_module.last_kl_per_dim, step)
+
+
+class LoggingStepMetrics:
+    """For Lightning's progress bars: the training loss shown as read at the logging steps only (every
+    ``log_every_n_steps``), where Lightning reads the logged values for the loggers anyway.
+
+    Reading a value is a device sync on a GPU, and Lightning reads every value logged with ``prog_bar=True`` after
+    every step, whether a bar shows it or not: the host then waits for each step's kernels before launching the
+    next. So the training step logs its loss without ``prog_bar`` and the bar fetches it here. Between logging
+    steps the bar still moves and times every step, showing the loss last read."""
+
+    shown_loss: float | None = None
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)  # type: ignore[misc]
+        logging_step = trainer.log_every_n_steps > 0 and trainer.global_step % trainer.log_every_n_steps == 0
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None and (logging_step or not trainer.training):
+            self.shown_loss = float(loss)
+        if self.shown_loss is not None:
+            metrics["train/loss"] = self.shown_loss
+        return metrics
+
+
+class StepTQDMProgressBar(LoggingStepMetrics, TQDMProgressBar):
+    """Lightning's TQDM bar, showing the training loss read at logging steps."""
+
+
+class StepRichProgressBar(LoggingStepMetrics, RichProgressBar):
+    """Lightning's Rich bar (its default where ``rich`` is installed), showing the training loss read at logging
+    steps."""
+
+
+def step_progress_bar(bar: pl.Callback) -> pl.Callback:
+    """Lightning's own bar as one that shows the training loss; any other callback (a user's bar too) as it is."""
+    kinds = {TQDMProgressBar: StepTQDMProgressBar, RichProgressBar: StepRichProgressBar}
+    if type(bar) not in kinds:
+        return bar
+    return kinds[type(bar)](refresh_rate=bar.refresh_rate, leave=bar._leave)
 
 
 class DurableCheckpointIO(TorchCheckpointIO):

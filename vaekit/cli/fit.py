@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 from jsonargparse import Namespace
 from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -20,6 +21,7 @@ from vaekit.callbacks import (
     ParameterSummary,
     ResumableCheckpoint,
     WriteSamples,
+    step_progress_bar,
 )
 from vaekit.checkpoint import read_checkpoint, record_from_checkpoint
 from vaekit.core.data import VAEDataModule
@@ -80,6 +82,12 @@ class VAEKitCLI(LightningCLI):
             if config.get("weights_only") is False:
                 raise ValueError("--weights_only false is not supported: vaekit loads checkpoints as data only")
             config.weights_only = True
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        """Lightning's trainer, its progress bar showing the training loss read at logging steps only."""
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks = [step_progress_bar(callback) for callback in trainer.callbacks]
+        return trainer
 
     def _parse_ckpt_path(self) -> None:
         """Resuming restores the model's arguments from the checkpoint, as Lightning's does, but through vaekit's
