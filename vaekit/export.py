@@ -40,8 +40,10 @@ def export_model(
     evaluation: dict[str, Any] | None = None,
     onnx: bool = False,
     num_samples: int = 16,
+    space: bool = False,
 ) -> list[Path]:
-    """Write the exported folder's files into ``out`` (an empty folder); returns the paths written."""
+    """Write the exported folder's files into ``out`` (an empty folder); returns the paths written. ``space``:
+    also the app and requirements that make the folder a Hugging Face Space serving `vaekit explore`."""
     from safetensors.torch import save
 
     # Cloned: tied weights (one tensor under two names) must be two tensors in safetensors.
@@ -79,8 +81,29 @@ def export_model(
     paths += samples
     if onnx:
         paths += export_onnx(model, out)
-    paths.append(write_text(out / "README.md", model_card(record, config, evaluation, samples, out)))
+    if space:
+        paths += space_files(config, out)
+    paths.append(write_text(out / "README.md", model_card(record, config, evaluation, samples, out, space)))
     return paths
+
+
+SPACE_APP = '''"""A Hugging Face Space: `vaekit explore` on the model in this folder."""
+
+from pathlib import Path
+
+from vaekit.cli.explore import serve
+
+serve(str(Path(__file__).parent))
+'''
+
+
+def space_files(config: dict[str, Any], out: Path) -> list[Path]:
+    """``app.py`` (the page for the model beside it) and ``requirements.txt`` (vaekit with its page, and the
+    model's plugin) for a Gradio Space."""
+    requirements = [f"vaekit[explore]=={__version__}"]
+    if config["plugin"]["package"] != "vaekit":
+        requirements.append(config["plugin"]["package"])
+    return [write_text(out / "app.py", SPACE_APP), write_text(out / "requirements.txt", "\n".join(requirements) + "\n")]
 
 
 def export_onnx(model: VAE, out: Path) -> list[Path]:
@@ -123,9 +146,15 @@ def _evaluation_table(evaluation: dict[str, Any], prefix: str = "") -> str:
 
 
 def model_card(
-    record: ModelRecord, config: dict[str, Any], evaluation: dict[str, Any] | None, samples: list[Path], out: Path
+    record: ModelRecord,
+    config: dict[str, Any],
+    evaluation: dict[str, Any] | None,
+    samples: list[Path],
+    out: Path,
+    space: bool = False,
 ) -> str:
-    """A Hugging Face model card: metadata header, training data, recipe, figures, samples, how to use."""
+    """A Hugging Face model card: metadata header, training data, recipe, figures, samples, how to use. With
+    ``space``, the header also configures a Gradio Space running ``app.py``."""
     modality = record.modality
     sources = record.data_args.get("sources")  # a joint model's data: one root per part
     data = ", ".join(f"{n}: {a.get('root')}" for n, a in sources.items()) if sources else record.data_args.get("root")
@@ -133,6 +162,7 @@ def model_card(
         "---",
         "library_name: vaekit",
         f"tags: [vaekit, vae, variational-autoencoder, {modality}]",
+        *([f"title: {modality} VAE", "sdk: gradio", "app_file: app.py"] if space else []),
         "---",
         "",
         f"# {modality} VAE ({config['model_class'] or modality})",
@@ -182,19 +212,26 @@ def model_card(
     return "\n".join(lines)
 
 
-def push_folder(folder: Path, repo_id: str, private: bool = False, revision: str | None = None) -> str:
-    """Check that ``folder`` loads as an exported model, then upload it with ``huggingface_hub``; returns its URL."""
+def push_folder(
+    folder: Path, repo_id: str, private: bool = False, revision: str | None = None, space: bool = False
+) -> str:
+    """Check that ``folder`` loads as an exported model, then upload it with ``huggingface_hub`` (as a Gradio
+    Space with ``space``: the folder must hold the app `vaekit export --space` writes); returns its URL."""
     from huggingface_hub import HfApi
 
     read_exported(folder)  # never push something that would not load
+    if space and not (folder / "app.py").is_file():
+        raise FileNotFoundError(f"{folder} has no app.py; export it with `vaekit export CKPT --space --out DIR`")
+    repo_type = "space" if space else "model"
     api = HfApi()
-    url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    extra = {"space_sdk": "gradio"} if space else {}
+    url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **extra)
     if revision:
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type=repo_type)
     api.upload_folder(
         folder_path=str(folder),
         repo_id=repo_id,
-        repo_type="model",
+        repo_type=repo_type,
         revision=revision,
         commit_message=f"Upload {folder.name} with vaekit {__version__}",
     )

@@ -58,7 +58,15 @@ def dispatch(argv: list[str]) -> None:
 
         if rest:
             raise SystemExit(f"vaekit push: unrecognised arguments: {' '.join(rest)}")
-        print(f"uploaded {args.folder} to {push_folder(Path(args.folder), args.repo_id, args.private, args.revision)}")
+        print(
+            f"uploaded {args.folder} to {push_folder(Path(args.folder), args.repo_id, args.private, args.revision, args.space)}"
+        )
+    elif args.command == "explore":
+        from vaekit.cli.explore import cmd_explore
+
+        if rest:
+            raise SystemExit(f"vaekit explore: unrecognised arguments: {' '.join(rest)}")
+        cmd_explore(args)
     else:
         from vaekit.cli.commands import run_command
 

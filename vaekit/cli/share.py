@@ -12,4 +12,6 @@ def cmd_export(s: Session) -> list[Path]:
     from vaekit.export import export_model
 
     evaluation = json.loads(Path(s.args.evaluation).read_text()) if s.args.evaluation else None
-    return export_model(s.model, s.record, s.out, evaluation=evaluation, onnx=s.args.onnx, num_samples=s.args.num)
+    return export_model(
+        s.model, s.record, s.out, evaluation=evaluation, onnx=s.args.onnx, num_samples=s.args.num, space=s.args.space
+    )

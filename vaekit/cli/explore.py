@@ -1,0 +1,358 @@
+"""`vaekit explore MODEL`: a local web page (Gradio) to play with any model: sample, move along the latent
+space's principal directions, interpolate, reconstruct and score an input, translate between a joint model's
+modalities.
+
+Every output goes through the model's own writers (``save_outputs``, as the commands use) into a temporary
+folder, and the files are shown by their kind (``RENDERERS``): a plugin that writes PNG, WAV, text or CSV files
+gets a page without writing anything for it, and one that writes another kind adds a renderer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import dataclasses
+import html
+import io
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaekit.checkpoint import load_model
+from vaekit.cli.session import Session, is_joint
+from vaekit.plots import project_2d
+
+SLIDERS = 6  # principal directions offered as sliders
+DIRECTION_DRAWS = 2000  # latents drawn from the model's sampler to find its principal directions
+TEST_CODES = 500  # test examples encoded for the map and the scores an input is placed against
+MAX_SAMPLES = 64
+MAX_INPUT_BYTES = 20 * 2**20  # a larger upload is refused with a message
+MIN_IMAGE_HEIGHT = 224  # pixels on the page, about
+
+
+def _data_uri(path: Path, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def image_html(path: Path) -> str:
+    """Small pictures (28-pixel digits) scaled up by whole pixels, so they are seen, not blurred."""
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        width, height = picture.size
+    scale = max(1, round(MIN_IMAGE_HEIGHT / height))
+    return (
+        f'<img class="vaekit-image" alt="{html.escape(path.name)}" width="{width * scale}" height="{height * scale}" '
+        f'style="image-rendering: pixelated" src="{_data_uri(path, "image/png")}">'
+    )
+
+
+def audio_html(path: Path) -> str:
+    return f'<audio class="vaekit-audio" controls src="{_data_uri(path, "audio/wav")}"></audio>'
+
+
+def text_html(path: Path) -> str:
+    return f'<pre class="vaekit-text">{html.escape(path.read_text(encoding="utf-8"))}</pre>'
+
+
+def table_html(path: Path) -> str:
+    rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in rows[0]) if rows else ""
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
+    return f'<table class="vaekit-table"><tr>{head}</tr>{body}</table>'
+
+
+# How each kind of file a writer makes is shown; a plugin whose writers make another kind adds it here.
+RENDERERS: dict[str, Callable[[Path], str]] = {
+    ".png": image_html,
+    ".wav": audio_html,
+    ".txt": text_html,
+    ".csv": table_html,
+}
+
+
+# Files writers make for scripts (the same outputs as data), not shown on the page.
+FOR_SCRIPTS = {".json", ".jsonl", ".npz"}
+
+
+def render(paths: list[Path], root: Path | None = None) -> str:
+    """The files a writer made (under ``root``), as one block of HTML: each under its name, by its kind. Where a
+    writer made a grid (``samples.png``) beside each item of it (``samples_0003.png``), the grid stands for
+    them."""
+    grids = {(path.stem, path.suffix) for path in paths}
+    shown = [
+        path
+        for path in paths
+        if path.suffix.lower() not in FOR_SCRIPTS
+        and ((path.stem.rpartition("_")[0], path.suffix) not in grids or not path.stem[-4:].isdigit())
+    ]
+    parts = []
+    for path in sorted(shown):
+        renderer = RENDERERS.get(path.suffix.lower())
+        body = renderer(path) if renderer else f"<code>{html.escape(path.name)}</code> (no renderer for this kind)"
+        name = path.relative_to(root).as_posix() if root else path.name  # a joint model's: image/samples.png
+        parts.append(f'<figure class="vaekit-output"><figcaption>{html.escape(name)}</figcaption>{body}</figure>')
+    return '<div class="vaekit-outputs">' + "".join(parts) + "</div>"
+
+
+def error_html(err: Exception) -> str:
+    """A failed request as a message on the page; the server goes on."""
+    return f'<div class="vaekit-error">{html.escape(f"{type(err).__name__}: {err}")}</div>'
+
+
+def shown_errors(handler: Callable[..., str]) -> Callable[..., str]:
+    def safe(*args: Any) -> str:
+        try:
+            return handler(*args)
+        except Exception as err:  # any bad input becomes a message on the page
+            return error_html(err)
+
+    return safe
+
+
+@dataclasses.dataclass
+class Directions:
+    """The principal directions of the model's latent codes: ``mean + sum(value_i * scale_i * vector_i)``."""
+
+    mean: torch.Tensor
+    vectors: torch.Tensor  # (k, latent_dim), orthonormal
+    scales: torch.Tensor  # (k,): the codes' spread along each
+
+    def latent(self, values: list[float]) -> torch.Tensor:
+        weights = torch.tensor(values, dtype=self.mean.dtype, device=self.mean.device) * self.scales
+        return (self.mean + weights @ self.vectors).unsqueeze(0)
+
+
+class Explorer:
+    """What the page does, without the page: each method returns HTML, so tests and benchmarks call it directly."""
+
+    def __init__(self, session: Session, folder: Path) -> None:
+        self.s = session
+        self.model = session.model
+        self.folder = folder
+        self.options = session.options_for_generation()
+        self.directions = self._directions()
+        self._test: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._calls = 0
+
+    @property
+    def joint(self) -> bool:
+        return is_joint(self.model)
+
+    @property
+    def input_kind(self) -> str:
+        """``text`` where inputs are typed (sentences), ``file`` where they are uploaded."""
+        return "text" if self.model.modality == "text" else "file"
+
+    def samplers(self) -> list[str]:
+        return ["prior", *self.model.samplers]
+
+    def _directions(self) -> Directions:
+        """From the model's own sampler (the fitted mixture when there is one): no data needed."""
+        torch.manual_seed(0)
+        with torch.no_grad():
+            codes = self.model.sample_latents(DIRECTION_DRAWS).float()
+        mean = codes.mean(0)
+        _, values, vectors = torch.linalg.svd(codes - mean, full_matrices=False)
+        k = min(SLIDERS, vectors.shape[0])
+        return Directions(mean, vectors[:k], values[:k] / (len(codes) - 1) ** 0.5)
+
+    def _write(self, data: Any, stem: str, nrow: int | None = None) -> str:
+        self._calls += 1
+        out = Path(tempfile.mkdtemp(prefix=f"{self._calls:05d}-", dir=self.folder))
+        return render(self.model.save_outputs(data, out, stem, nrow=nrow, **self.options), out)
+
+    def _generate(self, z: torch.Tensor, deterministic: bool) -> Any:
+        with torch.no_grad():
+            return self.model.generate(z.to(self.model.device), deterministic=deterministic, **self.options)
+
+    def sample(self, seed: float, sampler: str, temperature: float, count: float) -> str:
+        count = int(count)
+        if not 1 <= count <= MAX_SAMPLES:
+            raise ValueError(f"ask for 1 to {MAX_SAMPLES} samples, not {count}")
+        torch.manual_seed(int(seed))
+        with torch.no_grad():
+            z = self.model.sample_latents(count, float(temperature), sampler)
+        return self._write(self._generate(z, deterministic=False), "samples")
+
+    def slide(self, *values: float) -> str:
+        """The output at the point the sliders give (in standard deviations along each direction)."""
+        return self._write(self._generate(self.directions.latent(list(values)), deterministic=True), "point")
+
+    def inputs(self, items: list[str | None], indices: list[float | None], source: str | None = None) -> Any:
+        """A batch from uploaded files or typed sentences, else from test examples by index."""
+        given = [item for item in items if item]
+        for item in given:
+            if self.input_kind == "file" and Path(item).stat().st_size > MAX_INPUT_BYTES:
+                raise ValueError(f"{Path(item).name} is over {MAX_INPUT_BYTES // 2**20} MB")
+        if self.joint:
+            self.s.args.from_ = [source] if source else None
+        if given:
+            if len(given) != len(items):
+                raise ValueError("give every input, or none to use test examples by index")
+            return self.s.inputs(given)
+        if any(i is None for i in indices):
+            raise ValueError("give an input, or the index of a test example")
+        return self.s.examples("test", [int(i) for i in indices])
+
+    def interpolate(self, a: str | None, b: str | None, index_a: float, index_b: float, steps: float) -> str:
+        batch = self.inputs([a, b], [index_a, index_b], self._first_part())
+        with torch.no_grad():
+            z = self.model.posterior(batch).mode()
+            path = self.model.interpolate_latents(z[0], z[1], int(steps))
+        return self._write(self._generate(path, deterministic=True), "interpolation", nrow=int(steps))
+
+    def reconstruct(self, item: str | None, index: float, source: str | None = None) -> str:
+        """The input, its reconstruction (for a joint model: every modality drawn from the one given), its
+        anomaly score (the negative ELBO, nats) against the test examples', and its place on their 2-D map."""
+        source = source or self._first_part()
+        batch = self.inputs([item], [index], source)
+        with torch.no_grad():
+            posterior = self.model.posterior(batch)
+            outputs = self._generate(posterior.mode(), deterministic=True)
+            score = -self.model.elbo_terms(batch).elbo.float().cpu()
+        shown = self._write(self.model.as_outputs(batch), "input") + self._write(outputs, "reconstruction")
+        return shown + self._placed(posterior.mean.float().cpu(), score, source)
+
+    def _first_part(self) -> str | None:
+        return next(iter(self.model.parts)) if self.joint else None
+
+    def _test_codes(self, source: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior means and anomaly scores of the first test examples (once per input modality)."""
+        if source not in self._test:
+            self.s.datamodule.setup("test")
+            count = min(TEST_CODES, len(self.s.datamodule.split("test")))
+            batch = self.s.examples("test", range(count))  # a joint model's: of the ``source`` modality alone
+            with torch.no_grad():
+                means = self.model.posterior(batch).mean.float().cpu()
+                scores = -self.model.elbo_terms(batch).elbo.float().cpu()
+            self._test[source] = means, scores
+        return self._test[source]
+
+    def _placed(self, code: torch.Tensor, score: torch.Tensor, source: str | None) -> str:
+        try:
+            means, scores = self._test_codes(source)
+        except (FileNotFoundError, ValueError) as err:  # the training data moved: the input alone
+            return f'<p class="vaekit-score">score {score.item():.1f} nats (no test data to compare: {err})</p>'
+        rank = (scores < score).float().mean().item()
+        points, axis = project_2d(torch.cat([means, code]))
+        picture = self.folder / f"map-{self._calls:05d}.png"
+        _map(points, axis, picture)
+        return (
+            f'<p class="vaekit-score">anomaly score {score.item():.1f} nats (negative ELBO): above '
+            f"{100 * rank:.0f} % of {len(scores)} test examples</p>" + image_html(picture)
+        )
+
+
+def _map(points: torch.Tensor, axis: str, path: Path) -> None:
+    """The test codes in grey, the input in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.scatter(points[:-1, 0], points[:-1, 1], s=4, c="grey", alpha=0.5, label="test examples")
+    ax.scatter(points[-1:, 0], points[-1:, 1], s=60, c="red", marker="*", label="this input")
+    ax.set_xlabel(f"{axis}1")
+    ax.set_ylabel(f"{axis}2")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def build_app(explorer: Explorer) -> Any:
+    """The page: one tab per use, every output an HTML block made by ``render``."""
+    import gradio as gr
+
+    model = explorer.model
+    with gr.Blocks(title=f"vaekit explore: {model.modality} VAE") as app:
+        gr.Markdown(f"## vaekit: {model.modality} VAE, {model.hparams.latent_dim}-dimensional latent space")
+        with gr.Tab("Sample"):
+            with gr.Row():
+                seed = gr.Number(0, label="seed", precision=0, elem_id="sample-seed")
+                sampler = gr.Dropdown(explorer.samplers(), value=model.default_sampler(), label="sampler")
+                temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="temperature")
+                count = gr.Slider(1, MAX_SAMPLES, value=16, step=1, label="samples")
+            sample_button = gr.Button("Sample", elem_id="sample-button")
+            samples = gr.HTML(elem_id="sample-output")
+        sample_button.click(shown_errors(explorer.sample), [seed, sampler, temperature, count], samples)
+        with gr.Tab("Latent sliders"):
+            gr.Markdown("The principal directions of the model's codes, in standard deviations.")
+            sliders = [
+                gr.Slider(-3.0, 3.0, value=0.0, step=0.1, label=f"direction {i + 1}", elem_id=f"slider-{i}")
+                for i in range(len(explorer.directions.scales))
+            ]
+            point = gr.HTML(elem_id="slider-output")
+        for slider in sliders:
+            slider.change(shown_errors(explorer.slide), sliders, point)
+        app.load(shown_errors(explorer.slide), sliders, point)
+        sources = list(model.parts) if explorer.joint else []
+        with gr.Tab("Interpolate"):
+            a, b = _input_pair(gr, explorer)
+            with gr.Row():
+                index_a = gr.Number(0, label="or test example", precision=0, elem_id="interpolate-index-a")
+                index_b = gr.Number(1, label="and test example", precision=0, elem_id="interpolate-index-b")
+                steps = gr.Slider(3, 16, value=8, step=1, label="steps")
+            interpolate_button = gr.Button("Interpolate", elem_id="interpolate-button")
+            strip = gr.HTML(elem_id="interpolate-output")
+        interpolate_button.click(shown_errors(explorer.interpolate), [a, b, index_a, index_b, steps], strip)
+        with gr.Tab("Translate" if explorer.joint else "Reconstruct"):
+            item = _input(gr, explorer, "input", "reconstruct-input")
+            with gr.Row():
+                index = gr.Number(0, label="or test example", precision=0, elem_id="reconstruct-index")
+                source = gr.Dropdown(
+                    sources, value=sources[0] if sources else None, label="from", visible=bool(sources)
+                )
+            reconstruct_button = gr.Button(
+                "Translate" if explorer.joint else "Reconstruct", elem_id="reconstruct-button"
+            )
+            reconstruction = gr.HTML(elem_id="reconstruct-output")
+        reconstruct_button.click(shown_errors(explorer.reconstruct), [item, index, source], reconstruction)
+    return app
+
+
+def _input(gr: Any, explorer: Explorer, label: str, elem_id: str) -> Any:
+    if explorer.input_kind == "text":
+        return gr.Textbox(label=f"{label} (a sentence)", elem_id=elem_id)
+    return gr.File(label=f"{label} (a file)", type="filepath", elem_id=elem_id)
+
+
+def _input_pair(gr: Any, explorer: Explorer) -> tuple[Any, Any]:
+    with gr.Row():
+        return _input(gr, explorer, "from", "interpolate-a"), _input(gr, explorer, "to", "interpolate-b")
+
+
+def open_explorer(args: argparse.Namespace, folder: Path) -> Explorer:
+    """The model loaded for the page, its outputs written under ``folder``."""
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model, record = load_model(args.ckpt, device)
+    args.command = "explore"
+    session = Session(model, record, args, {}, folder)
+    return Explorer(session, folder)
+
+
+def serve(model: str, host: str | None = None, port: int | None = None, device: str = "auto") -> None:
+    """Serve the page for ``model`` until interrupted; every file it makes (outputs, Gradio's uploads) stays in
+    one temporary folder. Host and port None: Gradio's own (``GRADIO_SERVER_NAME``/``_PORT``, as on a Space)."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise SystemExit('vaekit explore needs Gradio: pip install "vaekit[explore]"') from None
+    from vaekit.cli.parser import build_parser
+
+    args = build_parser().parse_args(["explore", model, "--device", device])
+    with tempfile.TemporaryDirectory(prefix="vaekit-explore-") as folder:
+        os.environ["GRADIO_TEMP_DIR"] = str(Path(folder) / "uploads")
+        explorer = open_explorer(args, Path(folder))
+        build_app(explorer).launch(server_name=host, server_port=port, show_error=True)
+
+
+def cmd_explore(args: argparse.Namespace) -> None:
+    serve(args.ckpt, args.host, args.port, args.device)
