@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import fit_args, vaekit
+from tests.conftest import fit_args, install_plugin, vaekit
 from vaekit.cli.explore import Explorer, build_app, open_explorer, render, shown_errors
 from vaekit.cli.parser import build_parser
 
@@ -82,6 +82,25 @@ def test_every_action_renders_the_models_own_outputs(modality, checkpoints, tmp_
     assert "vaekit-error" not in strip and kinds[modality] in strip
     # Nothing outside the explorer's folder.
     assert all(path.is_relative_to(tmp_path / "outputs") for path in (tmp_path / "outputs").rglob("*"))
+
+
+def test_a_plugin_that_implements_nothing_for_the_page_gets_one(tmp_path, monkeypatch):
+    """tests/plugin_example (vectors, written as CSV by its own writer), installed from outside vaekit."""
+    import numpy as np
+
+    site, data = tmp_path / "site", tmp_path / "data"
+    install_plugin(site)
+    monkeypatch.syspath_prepend(str(site))
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for name, count in (("train", 200), ("test", 40)):
+        np.savetxt(data / f"{name}.csv", rng.normal(size=(count, 3)), delimiter=",")
+    config = Path(__file__).parent / "plugin_example" / "vector.yaml"
+    vaekit(*fit_args(str(config), tmp_path / "run", "--data.root", str(data)))
+    explorer = explorer_of(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "outputs")
+    assert "<table" in explorer.sample(0, "prior", 1.0, 5)
+    assert explorer.slide(2.0, 0.0) != explorer.slide(0.0, 0.0)
+    assert "anomaly score" in explorer.reconstruct(None, 3)
 
 
 def test_the_sliders_follow_the_models_principal_directions(checkpoints, tmp_path):
