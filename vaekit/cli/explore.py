@@ -25,7 +25,7 @@ import torch
 
 from vaekit.checkpoint import load_model
 from vaekit.cli.session import Session, is_joint
-from vaekit.plots import project_2d
+from vaekit.plots import latent_scatter, project_2d
 
 SLIDERS = 6  # principal directions offered as sliders
 DIRECTION_DRAWS = 2000  # latents drawn from the model's sampler to find its principal directions
@@ -144,11 +144,6 @@ class Explorer:
     def joint(self) -> bool:
         return is_joint(self.model)
 
-    @property
-    def input_kind(self) -> str:
-        """``text`` where inputs are typed (sentences), ``file`` where they are uploaded."""
-        return "text" if self.model.modality == "text" else "file"
-
     def samplers(self) -> list[str]:
         return ["prior", *self.model.samplers]
 
@@ -188,7 +183,7 @@ class Explorer:
         """A batch from uploaded files or typed sentences, else from test examples by index."""
         given = [item for item in items if item]
         for item in given:
-            if self.input_kind == "file" and Path(item).stat().st_size > MAX_INPUT_BYTES:
+            if self.model.input_kind == "file" and Path(item).stat().st_size > MAX_INPUT_BYTES:
                 raise ValueError(f"{Path(item).name} is over {MAX_INPUT_BYTES // 2**20} MB")
         if self.joint:
             self.s.args.from_ = [source] if source else None
@@ -241,30 +236,12 @@ class Explorer:
             return f'<p class="vaekit-score">score {score.item():.1f} nats (no test data to compare: {err})</p>'
         rank = (scores < score).float().mean().item()
         points, axis = project_2d(torch.cat([means, code]))
-        picture = self.folder / f"map-{self._calls:05d}.png"
-        _map(points, axis, picture)
+        which = torch.cat([torch.zeros(len(means), dtype=torch.long), torch.ones(1, dtype=torch.long)])
+        picture = latent_scatter(points, axis, which, self.folder / f"map-{self._calls:05d}.png", ["test", "input"])
         return (
             f'<p class="vaekit-score">anomaly score {score.item():.1f} nats (negative ELBO): above '
             f"{100 * rank:.0f} % of {len(scores)} test examples</p>" + image_html(picture)
         )
-
-
-def _map(points: torch.Tensor, axis: str, path: Path) -> None:
-    """The test codes in grey, the input in red."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-    ax.scatter(points[:-1, 0], points[:-1, 1], s=4, c="grey", alpha=0.5, label="test examples")
-    ax.scatter(points[-1:, 0], points[-1:, 1], s=60, c="red", marker="*", label="this input")
-    ax.set_xlabel(f"{axis}1")
-    ax.set_ylabel(f"{axis}2")
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def build_app(explorer: Explorer) -> Any:
@@ -319,7 +296,7 @@ def build_app(explorer: Explorer) -> Any:
 
 
 def _input(gr: Any, explorer: Explorer, label: str, elem_id: str) -> Any:
-    if explorer.input_kind == "text":
+    if explorer.model.input_kind == "text":
         return gr.Textbox(label=f"{label} (a sentence)", elem_id=elem_id)
     return gr.File(label=f"{label} (a file)", type="filepath", elem_id=elem_id)
 
@@ -333,7 +310,6 @@ def open_explorer(args: argparse.Namespace, folder: Path) -> Explorer:
     """The model loaded for the page, its outputs written under ``folder``."""
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model, record = load_model(args.ckpt, device)
-    args.command = "explore"
     session = Session(model, record, args, {}, folder)
     return Explorer(session, folder)
 

@@ -95,6 +95,8 @@ class VAE(pl.LightningModule):
     """
 
     modality: ClassVar[str]
+    # What a user gives as an input (`--input`, the explore page): files, or typed text (sentences).
+    input_kind: ClassVar[Literal["file", "text"]] = "file"
     spec_type: ClassVar[type]
     generation_options: ClassVar[type | None] = None
     eval_extras: ClassVar[tuple[str, ...]] = ()

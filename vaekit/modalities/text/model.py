@@ -74,6 +74,7 @@ class TextVAE(VAE):
     """
 
     modality = "text"
+    input_kind = "text"
     spec_type = TextSpec
     generation_options = TextGenerationOptions
     spec_assets: ClassVar[dict[str, tuple[str, ...]]] = {"tokenizer.json": ("tokenizer_json",)}
