@@ -16,12 +16,13 @@ import wave
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from tests.conftest import fit_args, install_plugin, vaekit
-from vaekit.cli.explore import Explorer, build_app, open_explorer, render, shown_errors
+from vaekit.cli.explore import Explorer, build_app, drawing_file, open_explorer, recording_file, render, shown_errors
 from vaekit.cli.parser import build_parser
 
 gr = pytest.importorskip("gradio")
@@ -86,8 +87,6 @@ def test_every_action_renders_the_models_own_outputs(modality, checkpoints, tmp_
 
 def test_a_plugin_that_implements_nothing_for_the_page_gets_one(tmp_path, monkeypatch):
     """tests/plugin_example (vectors, written as CSV by its own writer), installed from outside vaekit."""
-    import numpy as np
-
     site, data = tmp_path / "site", tmp_path / "data"
     install_plugin(site)
     monkeypatch.syspath_prepend(str(site))
@@ -126,6 +125,67 @@ def test_bad_input_is_a_message_on_the_page(modality, make_bad, checkpoints, tmp
     assert reply.startswith('<div class="vaekit-error">') and len(reply) < 2000
     assert "vaekit-error" in shown_errors(explorer.sample)(0, "prior", 1.0, 1000)  # too many samples
     assert "vaekit-output" in explorer.sample(0, "prior", 1.0, 2)  # and the explorer goes on
+
+
+def a_drawing(box: tuple[int, int, int, int]) -> dict:
+    """What Gradio's sketchpad gives: the composite of the strokes, black ink on white, 280 pixels square."""
+    canvas = Image.new("RGBA", (280, 280), "white")
+    canvas.paste((0, 0, 0, 255), box)
+    return {"background": None, "layers": [], "composite": canvas}
+
+
+def a_recording(folder: Path, rate: int = 48000) -> str:
+    """A browser's recording: half a second of a spoken-digit clip between pauses, at the microphone's rate."""
+    import librosa
+    import soundfile
+
+    clip, _ = soundfile.read(DEMO / "audio" / "3_george_0.wav", dtype="float32")
+    clip = librosa.resample(clip, orig_sr=8000, target_sr=rate)
+    pause = np.zeros(rate // 2, dtype="float32")
+    soundfile.write(folder / "recording.wav", np.concatenate([pause, clip, pause]), rate)
+    return str(folder / "recording.wav")
+
+
+def test_a_drawing_becomes_a_centred_white_on_black_picture_of_the_models_size(checkpoints, tmp_path):
+    explorer = explorer_of(checkpoints["image"], tmp_path / "outputs")
+    picture = Image.open(drawing_file(a_drawing((20, 40, 60, 240)), explorer.model, tmp_path))  # a one, far left
+    assert picture.size == (28, 28) and picture.mode == "L"
+    left, top, right, bottom = picture.point(lambda level: 255 if level > 127 else 0).getbbox()
+    assert bottom - top == 20  # the stroke's height fills the middle 20 of 28 rows, as MNIST's digits
+    assert abs((left + right) / 2 - 14) <= 1 and abs((top + bottom) / 2 - 14) <= 1  # centred
+    assert picture.getpixel((0, 0)) == 0  # the white paper became MNIST's black
+    assert drawing_file(a_drawing((0, 0, 0, 0)), explorer.model, tmp_path) is None  # an empty canvas: no input
+    assert drawing_file(None, explorer.model, tmp_path) is None
+
+
+def test_a_recording_is_trimmed_to_the_speech_and_read_at_the_models_rate(checkpoints, tmp_path):
+    import soundfile
+
+    explorer = explorer_of(checkpoints["audio"], tmp_path / "outputs")
+    trimmed = soundfile.info(recording_file(a_recording(tmp_path), explorer.model, tmp_path))
+    spoken = soundfile.info(DEMO / "audio" / "3_george_0.wav")
+    assert abs(trimmed.duration - spoken.duration) < 0.2 < 0.5  # the pauses are gone, the words kept
+    page = explorer.reconstruct(None, 0, None, a_recording(tmp_path))
+    assert "vaekit-error" not in page and "anomaly score" in page
+    assert page != explorer.reconstruct(None, 0, None)  # the recording, not the test example, was used
+    silent = tmp_path / "silent.wav"
+    soundfile.write(silent, np.zeros(48000, dtype="float32"), 48000)
+    assert "the recording is silent" in shown_errors(explorer.reconstruct)(None, 0, None, str(silent))
+
+
+def test_a_joint_model_draws_what_is_said_and_says_what_is_drawn(checkpoints, tmp_path):
+    explorer = explorer_of(checkpoints["multimodal"], tmp_path / "outputs")
+    assert [part for part, _ in explorer.captures] == ["image", "audio"]
+    drawn = explorer.reconstruct(None, 0, "image", a_drawing((120, 40, 160, 240)), None)
+    said = explorer.reconstruct(None, 0, "audio", None, a_recording(tmp_path))
+    for page, given, made in ((drawn, "<img", "<audio"), (said, "<audio", "<img")):
+        assert "vaekit-error" not in page and given in page.split("reconstruction")[0] and made in page
+    # an uploaded file comes before a recording; a test example is used when nothing is given
+    upload = str(DEMO / "audio" / "3_george_0.wav")
+    assert explorer.reconstruct(upload, 0, "audio", None, a_recording(tmp_path)) == explorer.reconstruct(
+        upload, 0, "audio"
+    )
+    assert explorer.reconstruct(None, 2, "audio", None, None) == explorer.reconstruct(None, 2, "audio")
 
 
 def test_an_unknown_kind_of_file_is_named_not_dropped_and_a_grid_stands_for_its_items(tmp_path):
@@ -241,6 +301,7 @@ def browser(tmp_path_factory):
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--autoplay-policy=no-user-gesture-required", "--window-size=1280,1600",
+                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",  # a beeping microphone
                  f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):  # fmt: skip
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
@@ -260,6 +321,46 @@ def open_tab(driver, name: str) -> None:
     driver.execute_script(
         "[...document.querySelectorAll('button[role=tab]')].find(b => b.innerText.trim() == arguments[0]).click()",
         name,
+    )
+
+
+def draw_a_stroke(driver) -> None:
+    """A vertical stroke down the middle of the sketchpad, with its brush."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    brush = wait_for(
+        driver,
+        "return [...document.querySelectorAll('#capture-image button')]"
+        ".find(b => b.getAttribute('aria-label') == 'Brush')",
+    )
+    brush.click()
+    canvas = driver.find_element("css selector", "#capture-image canvas")
+    ActionChains(driver).move_to_element_with_offset(canvas, 0, -80).click_and_hold().move_by_offset(
+        0, 80
+    ).move_by_offset(0, 80).release().perform()
+
+
+def record_a_clip(driver) -> None:
+    """Two seconds of Chromium's fake microphone (a beep each second), until the page holds the recording."""
+    click = (
+        "[...document.querySelectorAll('#capture-audio button')]"
+        ".find(b => b.innerText.trim() == arguments[0] && b.offsetParent).click()"
+    )
+    driver.execute_script(click, "Record")
+    time.sleep(2)
+    driver.execute_script(click, "Stop")
+    wait_for(driver, "return document.querySelector('#capture-audio a[download][href*=\"/file=\"]')")  # uploaded
+
+
+def translated(driver, before: str | None) -> str:
+    """Press the button; the whole output (input, reconstruction, score) once it differs from ``before``."""
+    driver.execute_script("document.querySelector('#reconstruct-button').click()")
+    return wait_for(
+        driver,
+        "const shown = [...document.querySelectorAll('#reconstruct-output :is(.vaekit-outputs, .vaekit-score, "
+        ".vaekit-error)')].map(e => e.outerHTML).join('');"
+        "return /vaekit-(score|error)/.test(shown) && shown != arguments[0] && shown",
+        before,
     )
 
 
@@ -302,17 +403,29 @@ def test_the_page_in_a_browser(modality, checkpoints, browser, tmp_path, monkeyp
         after = wait_for(browser, NEW_OUTPUT, "slider-output", before, timeout=30)
         assert after != before and "vaekit-error" not in after
         browser.save_screenshot(str(tmp_path / f"{modality}-sliders.png"))
-        # Reconstruct (translate, for the joint model) an uploaded file or a typed sentence
+        # Reconstruct (translate, for the joint model) a drawing, a recording, an uploaded file or a typed sentence
         open_tab(browser, "Translate" if modality == "multimodal" else "Reconstruct")
-        given = an_input("image" if modality == "multimodal" else modality, tmp_path)  # from its first part
+        shown = translated(browser, None)  # test example 0; each input below must change what is shown
+        if modality in ("image", "multimodal"):
+            draw_a_stroke(browser)
+            shown = translated(browser, shown)
+            assert "vaekit-error" not in shown and "<img" in shown.split("reconstruction")[0], shown[:500]
+            assert modality == "image" or "<audio" in shown  # the joint model says what was drawn
+        if modality in ("audio", "multimodal"):
+            record_a_clip(browser)
+            if modality == "multimodal":  # the joint model now translates from the audio it heard
+                wait_for(browser, "return document.querySelector('#reconstruct-from input').value == 'audio'")
+            shown = translated(browser, shown)
+            assert "vaekit-error" not in shown and "<audio" in shown.split("reconstruction")[0], shown[:500]
+            assert modality == "audio" or "<img" in shown.split("reconstruction")[1]  # and draws it
+        given = an_input(modality, tmp_path)  # for the joint model: a clip, as the last capture was
         if modality == "text":
             browser.find_element("css selector", "#reconstruct-input textarea").send_keys(given)
         else:
             browser.find_element("css selector", "#reconstruct-input input[type=file]").send_keys(given)
             wait_for(browser, "return document.querySelector('#reconstruct-input').innerText.replace(/\\s/g, '').includes(arguments[0])",
                      Path(given).name)  # fmt: skip
-        browser.execute_script("document.querySelector('#reconstruct-button').click()")
-        page = wait_for(browser, NEW_OUTPUT, "reconstruct-output", None)
+        page = translated(browser, shown)
         assert "vaekit-error" not in page, page[:500]
         assert "anomaly score" in browser.find_element("css selector", "#reconstruct-output").text
         browser.save_screenshot(str(tmp_path / f"{modality}.png"))

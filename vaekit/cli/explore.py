@@ -33,6 +33,8 @@ TEST_CODES = 500  # test examples encoded for the map and the scores an input is
 MAX_SAMPLES = 64
 MAX_INPUT_BYTES = 20 * 2**20  # a larger upload is refused with a message
 MIN_IMAGE_HEIGHT = 224  # pixels on the page, about
+DRAWN_SHARE = 20 / 28  # a drawing's ink is scaled into this share of the picture, centred, as MNIST's digits are
+SILENCE_DB = 30  # a recording is trimmed to where it is within this many dB of its loudest
 
 
 def _data_uri(path: Path, mime: str) -> str:
@@ -115,6 +117,77 @@ def shown_errors(handler: Callable[..., str]) -> Callable[..., str]:
     return safe
 
 
+@dataclasses.dataclass(frozen=True)
+class Capture:
+    """An input made on the page rather than uploaded (drawn, recorded): the Gradio widget, and how its value
+    becomes the file the model's data module reads, as an upload would be (None while it is empty)."""
+
+    verb: str  # on the page: "or draw", "image: draw"
+    widget: Callable[[Any, str, str], Any]  # (gradio, label, elem_id) -> the component
+    to_file: Callable[[Any, Any, Path], Path | None]  # (its value, the model it feeds, a folder) -> the file
+
+
+def sketchpad(gr: Any, label: str, elem_id: str) -> Any:
+    brush = gr.Brush(default_size=14, colors=["#000000"], color_mode="fixed")
+    return gr.Sketchpad(label=label, type="pil", canvas_size=(280, 280), brush=brush, layers=False, elem_id=elem_id)
+
+
+def drawing_file(value: dict[str, Any] | None, model: Any, folder: Path) -> Path | None:
+    """The drawing (dark ink on white) at the model's picture size. One channel: white ink on black, cropped to
+    the ink and centred in the middle 20/28, as MNIST's digits are; colour: the drawing as it is, resized."""
+    from PIL import Image, ImageOps
+
+    drawing = value and value.get("composite")
+    if drawing is None:
+        return None
+    white = Image.new("RGBA", drawing.size, "white")
+    drawing = Image.alpha_composite(white, drawing.convert("RGBA")).convert("RGB")
+    spec = model.spec
+    ink = ImageOps.invert(drawing.convert("L"))
+    box = ink.point(lambda level: 255 if level > 32 else 0).getbbox()
+    if box is None:
+        return None
+    if spec.channels == 1:
+        ink = ink.crop(box)
+        scale = DRAWN_SHARE * min(spec.width / ink.width, spec.height / ink.height)
+        ink = ink.resize((max(1, round(ink.width * scale)), max(1, round(ink.height * scale))), Image.LANCZOS)
+        picture = Image.new("L", (spec.width, spec.height))
+        picture.paste(ink, ((spec.width - ink.width) // 2, (spec.height - ink.height) // 2))
+    else:
+        picture = drawing.resize((spec.width, spec.height), Image.LANCZOS)
+    path = Path(tempfile.mkstemp(prefix="drawn-", suffix=".png", dir=folder)[1])
+    picture.save(path)
+    return path
+
+
+def microphone(gr: Any, label: str, elem_id: str) -> Any:
+    return gr.Audio(label=label, sources=["microphone"], type="filepath", elem_id=elem_id)
+
+
+def recording_file(value: str | None, model: Any, folder: Path) -> Path | None:
+    """The recording with its silence trimmed (a clip is read from its start, and people pause before they
+    speak), as a WAV file the audio data module reads, resampling it to the model's rate."""
+    import librosa
+    import soundfile
+
+    if not value:
+        return None
+    clip, rate = soundfile.read(value, dtype="float32", always_2d=True)
+    spoken, _ = librosa.effects.trim(clip.mean(1), top_db=SILENCE_DB)
+    if not spoken.size or not abs(spoken).max() > 0:
+        raise ValueError("the recording is silent: check the microphone and record again")
+    path = Path(tempfile.mkstemp(prefix="recorded-", suffix=".wav", dir=folder)[1])
+    soundfile.write(path, spoken, rate)
+    return path
+
+
+# Inputs a modality can take on the page besides files: a plugin adds its own under its modality's name.
+CAPTURES: dict[str, Capture] = {
+    "image": Capture("draw", sketchpad, drawing_file),
+    "audio": Capture("record", microphone, recording_file),
+}
+
+
 @dataclasses.dataclass
 class Directions:
     """The principal directions of the model's latent codes: ``mean + sum(value_i * scale_i * vector_i)``."""
@@ -139,6 +212,13 @@ class Explorer:
         self.directions = self._directions()
         self._test: dict[str | None, tuple[torch.Tensor, torch.Tensor]] = {}
         self._calls = 0
+        self.captures = [
+            (name, CAPTURES[part.modality]) for name, part in self._parts().items() if part.modality in CAPTURES
+        ]
+
+    def _parts(self) -> dict[str | None, Any]:
+        """The models inputs go to: a joint model's parts by name, else the model itself (under None)."""
+        return dict(self.model.parts.items()) if self.joint else {None: self.model}
 
     @property
     def joint(self) -> bool:
@@ -157,9 +237,13 @@ class Explorer:
         k = min(SLIDERS, vectors.shape[0])
         return Directions(mean, vectors[:k], values[:k] / (len(codes) - 1) ** 0.5)
 
-    def _write(self, data: Any, stem: str, nrow: int | None = None) -> str:
+    def _new_folder(self) -> Path:
+        """A folder per output, so that names repeat (the page shows them) and files never collide."""
         self._calls += 1
-        out = Path(tempfile.mkdtemp(prefix=f"{self._calls:05d}-", dir=self.folder))
+        return Path(tempfile.mkdtemp(prefix=f"{self._calls:05d}-", dir=self.folder))
+
+    def _write(self, data: Any, stem: str, nrow: int | None = None) -> str:
+        out = self._new_folder()
         return render(self.model.save_outputs(data, out, stem, nrow=nrow, **self.options), out)
 
     def _generate(self, z: torch.Tensor, deterministic: bool) -> Any:
@@ -202,11 +286,22 @@ class Explorer:
             path = self.model.interpolate_latents(z[0], z[1], int(steps))
         return self._write(self._generate(path, deterministic=True), "interpolation", nrow=int(steps))
 
-    def reconstruct(self, item: str | None, index: float, source: str | None = None) -> str:
+    def reconstruct(self, item: str | None, index: float, source: str | None = None, *captured: Any) -> str:
         """The input, its reconstruction (for a joint model: every modality drawn from the one given), its
-        anomaly score (the negative ELBO, nats) against the test examples', and its place on their 2-D map."""
+        anomaly score (the negative ELBO, nats) against the test examples', and its place on their 2-D map.
+        The input: the uploaded file, else what was drawn or recorded for the ``source`` part (``captured``,
+        one value per ``self.captures``), else the test example ``index``."""
         source = source or self._first_part()
+        if not item:
+            captured = captured or (None,) * len(self.captures)
+            made = (
+                capture.to_file(value, self._parts()[part], self.folder)
+                for (part, capture), value in zip(self.captures, captured, strict=True)
+                if part == source
+            )
+            item = next((str(path) for path in made if path), None)
         batch = self.inputs([item], [index], source)
+        torch.manual_seed(0)  # the same input, the same page (the score's draw, Griffin-Lim's phases)
         with torch.no_grad():
             posterior = self.model.posterior(batch)
             outputs = self._generate(posterior.mode(), deterministic=True)
@@ -237,7 +332,7 @@ class Explorer:
         rank = (scores < score).float().mean().item()
         points, axis = project_2d(torch.cat([means, code]))
         which = torch.cat([torch.zeros(len(means), dtype=torch.long), torch.ones(1, dtype=torch.long)])
-        picture = latent_scatter(points, axis, which, self.folder / f"map-{self._calls:05d}.png", ["test", "input"])
+        picture = latent_scatter(points, axis, which, self._new_folder() / "map.png", ["test", "input"])
         return (
             f'<p class="vaekit-score">anomaly score {score.item():.1f} nats (negative ELBO): above '
             f"{100 * rank:.0f} % of {len(scores)} test examples</p>" + image_html(picture)
@@ -281,17 +376,33 @@ def build_app(explorer: Explorer) -> Any:
             strip = gr.HTML(elem_id="interpolate-output")
         interpolate_button.click(shown_errors(explorer.interpolate), [a, b, index_a, index_b, steps], strip)
         with gr.Tab("Translate" if explorer.joint else "Reconstruct"):
-            item = _input(gr, explorer, "input", "reconstruct-input")
+            with gr.Row():
+                item = _input(gr, explorer, "input", "reconstruct-input")
+                captures = [
+                    capture.widget(
+                        gr,
+                        f"{part}: {capture.verb}" if part else f"or {capture.verb}",
+                        f"capture-{part or model.modality}",
+                    )
+                    for part, capture in explorer.captures
+                ]
             with gr.Row():
                 index = gr.Number(0, label="or test example", precision=0, elem_id="reconstruct-index")
                 source = gr.Dropdown(
-                    sources, value=sources[0] if sources else None, label="from", visible=bool(sources)
+                    sources,
+                    value=sources[0] if sources else None,
+                    label="from",
+                    visible=bool(sources),
+                    elem_id="reconstruct-from",
                 )
             reconstruct_button = gr.Button(
                 "Translate" if explorer.joint else "Reconstruct", elem_id="reconstruct-button"
             )
             reconstruction = gr.HTML(elem_id="reconstruct-output")
-        reconstruct_button.click(shown_errors(explorer.reconstruct), [item, index, source], reconstruction)
+        reconstruct_button.click(shown_errors(explorer.reconstruct), [item, index, source, *captures], reconstruction)
+        for (part, _), widget in zip(explorer.captures, captures, strict=True):
+            if part:  # a joint model translates from the part last drawn or recorded
+                widget.change(lambda part=part: part, None, source)
     return app
 
 
