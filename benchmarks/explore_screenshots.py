@@ -15,13 +15,14 @@ from pathlib import Path
 from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.support.ui import WebDriverWait
 
 from vaekit.cli import main as vaekit
 from vaekit.cli.explore import build_app, open_explorer
 from vaekit.cli.parser import build_parser
 
-# The tab each picture shows, and the action clicked there first.
+# The tab each picture shows, and the action clicked there first (the joint model's: a seven drawn, heard).
 SHOTS = {
     "image": ("Sample", "#sample-button"),
     "audio": ("Reconstruct", "#reconstruct-button"),
@@ -29,6 +30,7 @@ SHOTS = {
     "tabular": ("Sample", "#sample-button"),
     "multimodal": ("Translate", "#reconstruct-button"),
 }
+DRAWN = {"multimodal"}
 WIDTH = 900  # pixels of the saved picture
 
 
@@ -41,7 +43,17 @@ def browser(profile: Path) -> webdriver.Chrome:
     return webdriver.Chrome(options=options, service=Service(executable_path="/usr/bin/chromedriver"))
 
 
-def shoot(driver: webdriver.Chrome, ckpt: Path, tab: str, button: str, out: Path, folder: Path) -> None:
+def draw_a_seven(driver: webdriver.Chrome, wait: WebDriverWait) -> None:
+    """A bar and a diagonal on the sketchpad, with its brush (offsets from the canvas's centre)."""
+    brush = "[...document.querySelectorAll('#capture-image button')].find(b => b.getAttribute('aria-label') == 'Brush')"
+    wait.until(lambda d: d.execute_script(f"return {brush}")).click()
+    canvas = driver.find_element("css selector", "#capture-image canvas")
+    stroke = ActionChains(driver).move_to_element_with_offset(canvas, -60, -90).click_and_hold()
+    stroke.move_by_offset(60, 0).move_by_offset(60, 0).move_by_offset(-30, 90).move_by_offset(-30, 90)
+    stroke.release().perform()
+
+
+def shoot(driver: webdriver.Chrome, ckpt: Path, tab: str, button: str, out: Path, folder: Path, draw: bool) -> None:
     explorer = open_explorer(build_parser().parse_args(["explore", str(ckpt), "--device", "cpu"]), folder)
     app = build_app(explorer)
     with socket.socket() as sock:
@@ -56,6 +68,9 @@ def shoot(driver: webdriver.Chrome, ckpt: Path, tab: str, button: str, out: Path
             "[...document.querySelectorAll('button[role=tab]')].find(b => b.innerText.trim() == arguments[0]).click()",
             tab,
         )
+        if draw:
+            draw_a_seven(driver, wait)
+            time.sleep(1)  # the drawing reaches the server
         driver.execute_script(f"document.querySelector('{button}').click()")
         output = button.replace("-button", "-output")
         wait.until(lambda d: d.execute_script(f"return document.querySelector('{output} .vaekit-outputs')"))
@@ -81,7 +96,7 @@ def main() -> None:
                         "--trainer.enable_progress_bar", "false"])  # fmt: skip
                 (root / "explore").mkdir()
                 out = args.out / f"explore_{modality}.png"
-                shoot(driver, root / "checkpoints" / "last.ckpt", tab, button, out, root / "explore")
+                shoot(driver, root / "checkpoints" / "last.ckpt", tab, button, out, root / "explore", modality in DRAWN)
                 print(f"{modality}: {out}", flush=True)
         finally:
             driver.quit()

@@ -73,3 +73,18 @@ def image_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("image-tiny")
     vaekit(*fit_args("configs/image/tiny.yaml", root, "--trainer.max_epochs", "2"))
     return root / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture
+def demo_of_0_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``demo:audio`` as vaekit 0.2 shipped it, for the fixtures that record what 0.2 computed on it: take 0 of
+    each digit by each speaker, a subset of today's demo clips (the same samples, re-encoded losslessly)."""
+    from vaekit.core import data
+
+    bundled = data.demo_path
+    audio = tmp_path / "demo-0.2" / "audio"
+    audio.mkdir(parents=True)
+    for clip in bundled("audio").glob("*_0.flac"):
+        (audio / clip.name).symlink_to(clip)
+    assert len(list(audio.iterdir())) == 60
+    monkeypatch.setattr(data, "demo_path", lambda name: audio if name == "audio" else bundled(name))

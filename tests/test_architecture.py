@@ -59,7 +59,7 @@ def test_a_0_2_model_decodes_exactly_as_it_did(modality, form):
 
 
 @pytest.mark.parametrize("modality", ["image", "text", "audio", "multimodal"])
-def test_a_0_2_model_evaluates_to_the_same_nats(modality, tmp_path):
+def test_a_0_2_model_evaluates_to_the_same_nats(modality, tmp_path, demo_of_0_2):
     vaekit("evaluate", V0_2 / f"{modality}.ckpt", "--iw-samples", "16", "--max-examples", "8", "--seed", "0",
            "--out", tmp_path / "eval.json")  # fmt: skip
     now = json.loads((tmp_path / "eval.json").read_text())

@@ -56,7 +56,7 @@ def an_input(modality: str, folder: Path) -> str:
         (folder / "rows.csv").write_text("\n".join(lines[:2]) + "\n")
         return str(folder / "rows.csv")
     if modality in ("audio", "multimodal"):
-        return str(DEMO / "audio" / "3_george_0.wav")
+        return str(DEMO / "audio" / "3_george_0.flac")
     digit = Image.new("L", (28, 28))
     digit.paste(255, (12, 4, 16, 24))  # a stroke: a one
     digit.save(folder / "one.png")
@@ -139,7 +139,7 @@ def a_recording(folder: Path, rate: int = 48000) -> str:
     import librosa
     import soundfile
 
-    clip, _ = soundfile.read(DEMO / "audio" / "3_george_0.wav", dtype="float32")
+    clip, _ = soundfile.read(DEMO / "audio" / "3_george_0.flac", dtype="float32")
     clip = librosa.resample(clip, orig_sr=8000, target_sr=rate)
     pause = np.zeros(rate // 2, dtype="float32")
     soundfile.write(folder / "recording.wav", np.concatenate([pause, clip, pause]), rate)
@@ -163,7 +163,7 @@ def test_a_recording_is_trimmed_to_the_speech_and_read_at_the_models_rate(checkp
 
     explorer = explorer_of(checkpoints["audio"], tmp_path / "outputs")
     trimmed = soundfile.info(recording_file(a_recording(tmp_path), explorer.model, tmp_path))
-    spoken = soundfile.info(DEMO / "audio" / "3_george_0.wav")
+    spoken = soundfile.info(DEMO / "audio" / "3_george_0.flac")
     assert abs(trimmed.duration - spoken.duration) < 0.2 < 0.5  # the pauses are gone, the words kept
     page = explorer.reconstruct(None, 0, None, a_recording(tmp_path))
     assert "vaekit-error" not in page and "anomaly score" in page
@@ -181,7 +181,7 @@ def test_a_joint_model_draws_what_is_said_and_says_what_is_drawn(checkpoints, tm
     for page, given, made in ((drawn, "<img", "<audio"), (said, "<audio", "<img")):
         assert "vaekit-error" not in page and given in page.split("reconstruction")[0] and made in page
     # an uploaded file comes before a recording; a test example is used when nothing is given
-    upload = str(DEMO / "audio" / "3_george_0.wav")
+    upload = str(DEMO / "audio" / "3_george_0.flac")
     assert explorer.reconstruct(upload, 0, "audio", None, a_recording(tmp_path)) == explorer.reconstruct(
         upload, 0, "audio"
     )

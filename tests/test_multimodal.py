@@ -179,7 +179,7 @@ def _index_file(tmp_path: Path) -> Path:
     from PIL import Image
 
     demo = Path(__file__).parents[1] / "vaekit" / "demo" / "audio"
-    clips = sorted(demo.glob("*.wav"))[:12]
+    clips = sorted(demo.glob("*_0.flac"))[:12]
     rng = np.random.default_rng(0)
     rows = []
     for i, clip in enumerate(clips):
@@ -270,12 +270,12 @@ def _joint_commands(model: Path, out: Path) -> None:
     assert (out / "i2a" / "audio" / "translations_0000.wav").is_file()
     vaekit("encode", model, "--from", "audio", "--out", out / "z.npz")
     vaekit("score", model, "--from", "image", "--out", out / "scores.csv")
-    assert len((out / "scores.csv").read_text().splitlines()) == 11  # header + the 10 test tuples
+    assert len((out / "scores.csv").read_text().splitlines()) == 101  # header + the 100 test tuples
     vaekit("evaluate", model, "--iw-samples", "3", "--out", out / "eval.json")
     evaluation = json.loads((out / "eval.json").read_text())
     assert set(evaluation["subsets"]) == {"image", "audio", "image+audio"}
     assert evaluation["nll"] == evaluation["subsets"]["image+audio"]["nll"]
-    assert all(np.isfinite(s["nll"]) and s["num_examples"] == 10 for s in evaluation["subsets"].values())
+    assert all(np.isfinite(s["nll"]) and s["num_examples"] == 100 for s in evaluation["subsets"].values())
 
 
 def test_every_command_on_the_tiny_joint_model_from_checkpoint_and_export(tiny_joint, tmp_path):

@@ -322,7 +322,7 @@ def test_streamed_text_and_audio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         and (batch["x"][:, 0] == text.tokenizer.bos_token_id).all()
     )
 
-    files = sorted((DEMO / "audio").glob("*.wav"))
+    files = sorted((DEMO / "audio").glob("*_0.flac"))
     columns = {"audio": datasets.Audio(), "label": datasets.ClassLabel(names=list("0123456789"))}
 
     def split(paths: list[Path]) -> datasets.Dataset:

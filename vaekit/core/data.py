@@ -55,13 +55,18 @@ class DataSource:
         return str(self.local) if self.local is not None else f"hub:{self.hub_id}"
 
 
+def demo_path(name: str) -> Path:
+    """Where the demo data ``demo:NAME``, shipped inside the package, lives."""
+    return Path(str(importlib.resources.files("vaekit") / "demo" / name))
+
+
 def resolve_root(root: str) -> DataSource:
     """Local path if it exists, ``demo:NAME`` for data shipped with vaekit, else a hub id.
 
     A path that looks local (absolute, ./, ../, or ~) but does not exist is an error that names it.
     """
     if root.startswith(DEMO_PREFIX):
-        path = Path(str(importlib.resources.files("vaekit") / "demo" / root[len(DEMO_PREFIX) :]))
+        path = demo_path(root[len(DEMO_PREFIX) :])
         if not path.is_dir():
             raise FileNotFoundError(f"no bundled demo data {root!r} (looked in {path})")
         return DataSource(local=path)
