@@ -166,7 +166,7 @@ def microphone(gr: Any, label: str, elem_id: str) -> Any:
 
 def recording_file(value: str | None, model: Any, folder: Path) -> Path | None:
     """The recording with its silence trimmed (a clip is read from its start, and people pause before they
-    speak), as a WAV file the audio data module reads, resampling it to the model's rate."""
+    speak), as a WAV file at the browser's rate: the audio data module resamples and crops it as any file."""
     import librosa
     import soundfile
 
