@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks import write_json
 from vaekit.cli import main as vaekit
 from vaekit.modalities.image import read_idx
 from vaekit.scoring import CORRECTIONS, auroc
@@ -108,8 +109,7 @@ def main() -> None:
         knn["latent_32d"] = knn_accuracy(arrays["mean"], arrays["label"])
         knn[projection] = knn_accuracy(arrays["projection"], arrays["label"])
     result["knn5_accuracy"] = knn
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(json.dumps(result, indent=2))
 
 

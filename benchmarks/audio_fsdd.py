@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import write_json
 from vaekit.checkpoint import read_checkpoint
 from vaekit.cli import main as vaekit
 
@@ -42,7 +43,7 @@ def main() -> None:
     result = json.loads(Path(args.out).read_text())
     result.update(checkpoint=ckpt, global_step=checkpoint["global_step"], epoch=checkpoint["epoch"])
     result["lsd_gap_db"] = result["lsd_db"] - result["griffin_lim_lsd_db"]
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"LSD {result['lsd_db']:.2f} dB vs Griffin-Lim ceiling {result['griffin_lim_lsd_db']:.2f} dB")
     if args.examples:
         root = Path(checkpoint["datamodule_hyper_parameters"]["root"])

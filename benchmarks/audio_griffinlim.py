@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from benchmarks import write_json
 from vaekit import recipes
 from vaekit.modalities.audio import AudioSpec, AudioVAE
 
@@ -101,8 +102,7 @@ def main() -> None:
     result["batching_speedup"] = result["one_by_one_s_per_audio_s"] / result["batched_s_per_audio_s"]
     print(json.dumps(result, indent=2))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

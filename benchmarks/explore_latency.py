@@ -11,7 +11,6 @@ network, not on how well it is trained); the post-hoc sampler is left out, so th
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import write_json
 from vaekit.cli import main as vaekit
 from vaekit.cli.explore import open_explorer
 from vaekit.cli.parser import build_parser
@@ -89,8 +89,7 @@ def main() -> None:
         print(f"| {name} | {r['slider_ms_median']:.0f} | {r['slider_ms_p90']:.0f} | {r['decode_ms_median']:.0f} | "
               f"{r['ratio_to_decode']:.2f} |")  # fmt: skip
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.out, results)
 
 
 if __name__ == "__main__":

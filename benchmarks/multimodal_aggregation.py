@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from benchmarks import write_json
 from benchmarks.multimodal_digits import onnx_classifiers
 from vaekit.cli import main as vaekit
 
@@ -48,7 +49,7 @@ def main() -> None:
             ]
         )  # fmt: skip
         results[aggregation] = json.loads(out.read_text())
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.out, results)
     for aggregation, row in results.items():
         coherence = row["coherence"]
         nll = {key: round(s["nll"], 1) for key, s in row["subsets"].items()}

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from benchmarks import write_json
 from benchmarks.sample_quality import (
     CACHE,
     DigitClassifier,
@@ -130,7 +131,7 @@ def main() -> None:
         "sample_quality": sample_quality(model, classifiers, real, args.num),
         "picture": str(picture(model, record, Path(args.picture))),
     }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(json.dumps(result, indent=2))
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from benchmarks import write_json
 from tests.helpers import PoisonBatchAtStep
 from vaekit.core.module import NonFiniteError
 from vaekit.modalities.image import ImageDataModule, ImageVAE
@@ -116,8 +117,7 @@ def main() -> None:
         "ratio_checked_to_unchecked": best["checked"] / best["unchecked"],
         "nan_run": nan_run(device),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(json.dumps(result, indent=2))
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from benchmarks import write_json
 from vaekit.callbacks import step_progress_bar
 from vaekit.cli.fit import build_cli
 from vaekit.core.data import VAEDataModule
@@ -234,8 +235,7 @@ def main() -> None:
         print(f"| {r['batch_size']} | {r['plain_examples_per_s']:.0f} | {r['resident_examples_per_s']:.0f} | "
               f"{r['lightning_examples_per_s']:.0f} | {r['ratio_to_plain']:.2f} | {r['ratio_to_resident']:.2f} |")  # fmt: skip
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":
