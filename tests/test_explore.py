@@ -403,6 +403,21 @@ def test_the_page_in_a_browser(modality, checkpoints, browser, tmp_path, monkeyp
         after = wait_for(browser, NEW_OUTPUT, "slider-output", before, timeout=30)
         assert after != before and "vaekit-error" not in after
         browser.save_screenshot(str(tmp_path / f"{modality}-sliders.png"))
+        # Interpolate two test examples by index; for text, then one typed sentence (the page asks for both:
+        # the typed text reached the server), then two
+        open_tab(browser, "Interpolate")
+        browser.execute_script("document.querySelector('#interpolate-button').click()")
+        strip = wait_for(browser, NEW_OUTPUT, "interpolate-output", None)
+        assert "vaekit-error" not in strip
+        if modality == "text":
+            browser.find_element("css selector", "#interpolate-a textarea").send_keys("the market closed higher today")
+            browser.execute_script("document.querySelector('#interpolate-button').click()")
+            one = wait_for(browser, NEW_OUTPUT, "interpolate-output", strip)
+            assert "give every input" in one
+            browser.find_element("css selector", "#interpolate-b textarea").send_keys("a new president was named")
+            browser.execute_script("document.querySelector('#interpolate-button').click()")
+            typed = wait_for(browser, NEW_OUTPUT, "interpolate-output", one)
+            assert "vaekit-error" not in typed and typed.count("\n") >= 7  # eight sentences, one per line
         # Reconstruct (translate, for the joint model) a drawing, a recording, an uploaded file or a typed sentence
         open_tab(browser, "Translate" if modality == "multimodal" else "Reconstruct")
         shown = translated(browser, None)  # test example 0; each input below must change what is shown
