@@ -16,7 +16,8 @@ from torch import distributions as D
 
 from tests.conftest import fit_args, vaekit
 from vaekit.checkpoint import load_datamodule, load_model
-from vaekit.modalities.tabular import TableDataModule
+from vaekit.core.objectives import ObjectiveConfig
+from vaekit.modalities.tabular import TableDataModule, TableVAE
 from vaekit.modalities.tabular.model import TableEncoder, TableLikelihood
 from vaekit.modalities.tabular.table import ColumnChoices, TableError, decode_table, encode_table, fit_spec
 
@@ -67,6 +68,33 @@ def test_mixture_term_matches_mixture_same_family():
     mixture = D.MixtureSameFamily(D.Categorical(logits=logits), D.Normal(means, log_scales.clamp(min=-7).exp()))
     torch.testing.assert_close(likelihood.log_prob(params, x), mixture.log_prob(x).sum(1))
     assert likelihood.mean(params).shape == (5, 2) and likelihood.sample(params).shape == (5, 2)
+
+
+def test_trim_leaves_the_worst_fitted_rows_out_of_a_training_step_only():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=64), "b": rng.normal(size=64), "kind": rng.choice(["x", "y"], 64)})
+    frame.loc[:7, ["a", "b"]] = 40.0  # eight far-out rows: the batch's worst-fitted
+    spec, _ = fit_spec(frame, CHOICES, "t.csv")
+    x = encode_table(frame, spec, "t.csv", skip_unseen=False, fix="").x
+    torch.manual_seed(0)
+    model = TableVAE(numeric_likelihood="mixture", trim=0.125, free_bits=0.5)
+    model.attach_spec(spec)
+    model.eval()  # validation, evaluation and scores: every row
+    whole = model.bound_terms({"x": x}, model.objective)
+    assert len(whole.rec) == 64 and whole.rec[:8].min() > whole.rec[8:].max()
+    model.train()
+    trimmed = model.bound_terms({"x": x}, model.objective)
+    assert len(trimmed.rec) == 56 and trimmed.rec.max() < whole.rec[:8].min()  # the eight are out of the step
+    torch.testing.assert_close(trimmed.loss, trimmed.rec.mean() + trimmed.kl_per_dim.mean(0).clamp(min=0.5).sum())
+    # a row whose loss is not finite is left out, and the step's gradients stay finite
+    x[0, 0] = 1e30
+    model.zero_grad()
+    model.bound_terms({"x": x}, model.objective).loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    with pytest.raises(ValueError, match=r"--model.trim is the share of each batch left out, in \[0, 1\)"):
+        TableVAE(trim=1.0)
+    with pytest.raises(ValueError, match="the iwae objective has no trimmed form"):
+        TableVAE(trim=0.1, objective=ObjectiveConfig(name="iwae"))
 
 
 def test_a_missing_cell_removes_its_term_and_nothing_else():
