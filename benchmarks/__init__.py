@@ -13,3 +13,9 @@ def write_json(path: str | Path, result: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A table to paste into docs/benchmarks.md."""
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import write_json
+from benchmarks import markdown_table, write_json
 from vaekit.cli import main as vaekit
 from vaekit.cli.explore import open_explorer
 from vaekit.cli.parser import build_parser
@@ -83,11 +83,14 @@ def main() -> None:
             ckpt = one_step_model(config, Path(args.data) / folder, Path(root) / name)
             results[name] = measure(ckpt, args.repeats)
             print(name, {k: round(v, 1) for k, v in results[name].items()}, flush=True)
-    print("| model | slider update, median ms | p90 ms | bare decode, median ms | ratio |\n|---|---|---|---|---|")
-    for name in RECIPES:
-        r = results[name]
-        print(f"| {name} | {r['slider_ms_median']:.0f} | {r['slider_ms_p90']:.0f} | {r['decode_ms_median']:.0f} | "
-              f"{r['ratio_to_decode']:.2f} |")  # fmt: skip
+    header = ["model", "slider update, median ms", "p90 ms", "bare decode, median ms", "ratio"]
+    keys = [
+        ("slider_ms_median", ".0f"),
+        ("slider_ms_p90", ".0f"),
+        ("decode_ms_median", ".0f"),
+        ("ratio_to_decode", ".2f"),
+    ]
+    print(markdown_table(header, [[name] + [format(results[name][k], f) for k, f in keys] for name in RECIPES]))
     if args.out:
         write_json(args.out, results)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from benchmarks import write_json
+from benchmarks import markdown_table, write_json
 from vaekit.callbacks import step_progress_bar
 from vaekit.cli.fit import build_cli
 from vaekit.core.data import VAEDataModule
@@ -229,11 +229,11 @@ def main() -> None:
         "torch": torch.__version__,
         "rows": rows,
     }
-    print("| batch | plain ex/s | resident ex/s | vaekit fit ex/s | fit / plain | fit / resident |")
-    print("|---|---|---|---|---|---|")
-    for r in sorted(rows, key=lambda r: r["batch_size"]):
-        print(f"| {r['batch_size']} | {r['plain_examples_per_s']:.0f} | {r['resident_examples_per_s']:.0f} | "
-              f"{r['lightning_examples_per_s']:.0f} | {r['ratio_to_plain']:.2f} | {r['ratio_to_resident']:.2f} |")  # fmt: skip
+    header = ["batch", "plain ex/s", "resident ex/s", "vaekit fit ex/s", "fit / plain", "fit / resident"]
+    keys = [("plain_examples_per_s", ".0f"), ("resident_examples_per_s", ".0f"), ("lightning_examples_per_s", ".0f"),
+            ("ratio_to_plain", ".2f"), ("ratio_to_resident", ".2f")]  # fmt: skip
+    ordered = sorted(rows, key=lambda r: r["batch_size"])
+    print(markdown_table(header, [[str(r["batch_size"])] + [format(r[k], f) for k, f in keys] for r in ordered]))
     if args.out:
         write_json(args.out, result)
 
