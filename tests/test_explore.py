@@ -171,6 +171,10 @@ def test_a_recording_is_trimmed_to_the_speech_and_read_at_the_models_rate(checkp
     silent = tmp_path / "silent.wav"
     soundfile.write(silent, np.zeros(48000, dtype="float32"), 48000)
     assert "the recording is silent" in shown_errors(explorer.reconstruct)(None, 0, None, str(silent))
+    endless = tmp_path / "endless.wav"  # refused by its size, before it is read
+    with endless.open("wb") as handle:
+        handle.truncate(21 * 2**20)
+    assert "endless.wav is over 20 MB" in shown_errors(explorer.reconstruct)(None, 0, None, str(endless))
 
 
 def test_a_joint_model_draws_what_is_said_and_says_what_is_drawn(checkpoints, tmp_path):

@@ -79,17 +79,21 @@ def test_trim_leaves_the_worst_fitted_rows_out_of_a_training_step_only():
     torch.manual_seed(0)
     model = TableVAE(numeric_likelihood="mixture", trim=0.125, free_bits=0.5)
     model.attach_spec(spec)
-    model.eval()  # validation, evaluation and scores: every row
-    whole = model.bound_terms({"x": x}, model.objective)
+    whole = model.bound_terms({"x": x}, model.objective)  # validation, evaluation and scores: every row
     assert len(whole.rec) == 64 and whole.rec[:8].min() > whole.rec[8:].max()
-    model.train()
-    trimmed = model.bound_terms({"x": x}, model.objective)
+    kept = model.trimmed({"x": x}, beta=1.0)["x"]
+    trimmed = model.bound_terms({"x": kept}, model.objective)
     assert len(trimmed.rec) == 56 and trimmed.rec.max() < whole.rec[:8].min()  # the eight are out of the step
     torch.testing.assert_close(trimmed.loss, trimmed.rec.mean() + trimmed.kl_per_dim.mean(0).clamp(min=0.5).sum())
+    # the training step trains on the trimmed batch: the same draws give the same loss
+    torch.manual_seed(1)
+    step_loss = model.training_step({"x": x}, 0)
+    torch.manual_seed(1)
+    torch.testing.assert_close(step_loss, model.bound_terms(model.trimmed({"x": x}, 1.0), model.objective).loss)
     # a row whose loss is not finite is left out, and the step's gradients stay finite
     x[0, 0] = 1e30
     model.zero_grad()
-    model.bound_terms({"x": x}, model.objective).loss.backward()
+    model.training_step({"x": x}, 0).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     with pytest.raises(ValueError, match=r"--model.trim is the share of each batch left out, in \[0, 1\)"):
         TableVAE(trim=1.0)

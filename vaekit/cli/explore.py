@@ -117,6 +117,12 @@ def shown_errors(handler: Callable[..., str]) -> Callable[..., str]:
     return safe
 
 
+def check_size(path: Path) -> None:
+    """Refuse a file over ``MAX_INPUT_BYTES`` before anything reads it."""
+    if path.stat().st_size > MAX_INPUT_BYTES:
+        raise ValueError(f"{path.name} is over {MAX_INPUT_BYTES // 2**20} MB")
+
+
 @dataclasses.dataclass(frozen=True)
 class Capture:
     """An input made on the page rather than uploaded (drawn, recorded): the Gradio widget, and how its value
@@ -172,6 +178,7 @@ def recording_file(value: str | None, model: Any, folder: Path) -> Path | None:
 
     if not value:
         return None
+    check_size(Path(value))
     clip, rate = soundfile.read(value, dtype="float32", always_2d=True)
     spoken, _ = librosa.effects.trim(clip.mean(1), top_db=SILENCE_DB)
     if not spoken.size or not abs(spoken).max() > 0:
@@ -266,9 +273,9 @@ class Explorer:
     def inputs(self, items: list[str | None], indices: list[float | None], source: str | None = None) -> Any:
         """A batch from uploaded files or typed sentences, else from test examples by index."""
         given = [item for item in items if item]
-        for item in given:
-            if self.model.input_kind == "file" and Path(item).stat().st_size > MAX_INPUT_BYTES:
-                raise ValueError(f"{Path(item).name} is over {MAX_INPUT_BYTES // 2**20} MB")
+        if self.model.input_kind == "file":
+            for item in given:
+                check_size(Path(item))
         if self.joint:
             self.s.args.from_ = [source] if source else None
         if given:

@@ -123,13 +123,18 @@ class VAE(pl.LightningModule):
         objective: ObjectiveConfig | None = None,
         compile: bool | Literal["reduce-overhead", "max-autotune"] = False,
         fused_optimizer: bool | None = None,
+        trim: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if not 0 <= trim < 1:
+            raise ValueError(f"--model.trim is the share of each batch left out, in [0, 1); got {trim}")
         if default_sampler not in ("prior", *SAMPLERS):
             raise ValueError(f"default_sampler must be one of {['prior', *SAMPLERS]}, not {default_sampler!r}")
         self.beta = beta or BetaSchedule()
         self.objective = build_objective(objective or ObjectiveConfig(), free_bits, prior)
+        if trim and self.objective.name != "elbo":
+            raise ValueError(f"--model.trim trims the ELBO; the {self.objective.name} objective has no trimmed form")
         self.prior = self.make_prior() if prior != "vamp" else StandardNormalPrior()  # vamp: once built
         self.samplers = torch.nn.ModuleDict()  # post-hoc samplers fitted after training (vaekit.core.samplers)
         self.spec: Any = None
@@ -329,8 +334,22 @@ class VAE(pl.LightningModule):
         return iw_nll(posterior, self.prior, self.likelihood_of(batch), num_samples, self.hparams.iw_max_rows)
 
     # ----------------------------------------------------------------- training loop
+    def trimmed(self, batch: Batch, beta: float) -> Batch:
+        """The batch less its ``trim`` share of examples with the largest loss: a trimmed ELBO, for training data
+        that hold anomalies (fraud among transactions: nobody labelled them), which then do not pull the model
+        towards them and keep their high scores. Chosen in a pass without gradients, so the examples left out
+        are out of the step's graph (one the model never fits can have a loss too large for a gradient, which
+        would turn the step's gradients to NaN). Indices, not a mask: no read of the device."""
+        with torch.no_grad():
+            terms = self.bound_terms(batch, self.objective, beta)
+            loss = torch.nan_to_num(terms.rec + beta * terms.kl, nan=math.inf)
+        kept = loss.topk(math.ceil(len(loss) * (1 - self.hparams.trim)), largest=False).indices
+        return map_batch(batch, lambda value: value[kept])
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         beta = self.beta(self.global_step)
+        if self.hparams.trim:
+            batch = self.trimmed(batch, beta)
         terms = self.bound_terms(batch, self.objective, beta)
         self._flag_nonfinite(terms.loss)
         size = terms.rec.shape[0]

@@ -13,7 +13,6 @@ from torch import Tensor, nn
 from vaekit.core.io import atomic_path
 from vaekit.core.likelihoods import Categorical, Gaussian, Likelihood
 from vaekit.core.module import VAE, Batch
-from vaekit.core.objectives import ELBOTerms, Objective
 from vaekit.modalities.tabular.table import TableSpec, decode_table
 
 # Logit of a category slot a column does not have (columns are padded to the largest vocabulary).
@@ -148,9 +147,7 @@ class TableVAE(VAE):
     ``hidden`` (0: sized from the data, twice the encoder's inputs within [64, 512], so one default serves 3 to
     500 columns) is the width of ``layers`` hidden layers in the encoder and the decoder. ``numeric_likelihood``:
     ``gaussian`` (a learned scale per column) or ``mixture`` (``mixture_components`` Gaussians per column, for
-    columns with several modes). ``trim``: the share of each training batch's rows with the largest loss left
-    out of its step, a trimmed ELBO: rows the model fits worst (in anomaly detection, the anomalies that the
-    unlabelled training rows hold) do not pull it towards them, so they keep their high scores. The NLL is in nats per row, summed over the observed cells, numeric cells
+    columns with several modes). The NLL is in nats per row, summed over the observed cells, numeric cells
     measured in standardised units.
     """
 
@@ -168,14 +165,9 @@ class TableVAE(VAE):
         layers: int = 2,
         numeric_likelihood: Literal["gaussian", "mixture"] = "gaussian",
         mixture_components: int = 5,
-        trim: float = 0.0,
         **core: Any,
     ) -> None:
         super().__init__(latent_dim=latent_dim, **core)
-        if not 0 <= trim < 1:
-            raise ValueError(f"--model.trim is the share of each batch left out, in [0, 1); got {trim}")
-        if trim and self.objective.name != "elbo":
-            raise ValueError(f"--model.trim trims the ELBO; the {self.objective.name} objective has no trimmed form")
 
     def build(self, spec: TableSpec) -> None:
         hp = self.hparams
@@ -186,22 +178,6 @@ class TableVAE(VAE):
         )
         self.encoder = TableEncoder(spec, hidden, hp.layers, hp.latent_dim)
         self.decoder = mlp(hp.latent_dim, hidden, hp.layers, self.likelihood.outputs)
-
-    def bound_terms(self, batch: Batch, objective: Objective, beta: float = 1.0) -> ELBOTerms:
-        """In training with ``trim``, the bound of the batch's best-fitted rows alone."""
-        if self.training and self.hparams.trim:
-            batch = self._best_fitted(batch, objective, beta)
-        return super().bound_terms(batch, objective, beta)
-
-    def _best_fitted(self, batch: Batch, objective: Objective, beta: float) -> Batch:
-        """The batch less its ``trim`` share of rows with the largest loss, chosen in a pass without gradients:
-        the rows left out are out of the step's graph, where a loss too large for its gradient (a row the
-        model never fits) would turn the step's gradients to NaN. Indices, not a mask: no read of the device."""
-        with torch.no_grad():
-            terms = super().bound_terms(batch, objective, beta)
-            loss = torch.nan_to_num(terms.rec + beta * terms.kl, nan=math.inf)
-        kept = loss.topk(math.ceil(len(loss) * (1 - self.hparams.trim)), largest=False).indices
-        return {key: value[kept] if torch.is_tensor(value) else value for key, value in batch.items()}
 
     def num_units(self, batch: Batch) -> Tensor:
         """The observed cells of each row."""
