@@ -22,7 +22,7 @@ import os
 import shlex
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,7 +55,9 @@ def load(path: Path, max_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def fit_vaekit(train: np.ndarray, test: np.ndarray, scratch: Path, extra: list[str]) -> np.ndarray:
+def fit_vaekit(
+    train: np.ndarray, test: np.ndarray, scratch: Path, extra: list[str], score_extra: Sequence[str] = ()
+) -> np.ndarray:
     """`vaekit fit` on a file of the training rows alone (no labels), `vaekit score --input` on the test rows."""
     (scratch / "data").mkdir()
     np.savez(scratch / "data" / "train.npz", X=train)  # the validation rows are split off these
@@ -70,14 +72,15 @@ def fit_vaekit(train: np.ndarray, test: np.ndarray, scratch: Path, extra: list[s
             "--trainer.default_root_dir", str(run), "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", "--samples.num", "0", "--posthoc.components", "0", *extra])  # fmt: skip
     out = scratch / "scores.csv"
-    vaekit(["score", str(run / "checkpoints" / "last.ckpt"), "--input", str(scratch / "test.csv"), "--out", str(out)])
+    score = ["score", str(run / "checkpoints" / "last.ckpt"), "--input", str(scratch / "test.csv"), "--out", str(out)]
+    vaekit([*score, *score_extra])
     with open(out, newline="") as handle:
         return np.array([float(row["score"]) for row in csv.DictReader(handle)])
 
 
-def vaekit_detector(extra: list[str]) -> Detector:
+def vaekit_detector(extra: list[str], score_extra: Sequence[str]) -> Detector:
     def run(train: np.ndarray, test: np.ndarray, scratch: Path) -> np.ndarray:
-        return fit_vaekit(train, test, scratch, extra)
+        return fit_vaekit(train, test, scratch, extra, score_extra)
 
     return run
 
@@ -111,6 +114,7 @@ def main() -> None:
     parser.add_argument(
         "--vaekit-args", default="", help="extra `vaekit fit` overrides, one quoted string (trials, not results)"
     )
+    parser.add_argument("--score-args", default="", help="extra `vaekit score` options, one quoted string (trials)")
     parser.add_argument("--out", type=Path, required=True, help="a JSON file of every result")
     args = parser.parse_args()
 
@@ -123,8 +127,9 @@ def main() -> None:
             x, y = load(path, args.max_rows, seed)
             train, test, _, y_test = train_test_split(x, y, test_size=0.3, stratify=y, random_state=seed)
             for name in args.detectors:
-                extra = ["--seed_everything", str(seed), *shlex.split(args.vaekit_args)]
-                detector = vaekit_detector(extra) if name == "vaekit" else pyod_detector(name, seed)
+                fit_extra = ["--seed_everything", str(seed), *shlex.split(args.vaekit_args)]
+                score_extra = shlex.split(args.score_args)
+                detector = vaekit_detector(fit_extra, score_extra) if name == "vaekit" else pyod_detector(name, seed)
                 with tempfile.TemporaryDirectory(prefix="tabular-anomaly-") as scratch:
                     start = time.perf_counter()
                     scores = detector(train, test, Path(scratch))

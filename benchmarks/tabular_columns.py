@@ -3,6 +3,8 @@ decoder at the posterior mean), its AUROC at finding the anomalies, and its spre
 column whose terms spread widely without signal drowns the others in the sum).
 
     OMP_NUM_THREADS=2 python -m benchmarks.tabular_columns ../shared/data/adbench/6_cardio.npz --likelihoods mixture gaussian
+    # the recipe without its marginal component and with beta 1:
+    ... --likelihoods mixture --vaekit-args "--model.marginal_weight 0 --model.beta.max 1"
 
 The split and the fit are `benchmarks/tabular_anomaly.py`'s (seeded, stratified 70/30; the adbench recipe).
 """
@@ -10,6 +12,7 @@ The split and the fit are `benchmarks/tabular_anomaly.py`'s (seeded, stratified 
 from __future__ import annotations
 
 import argparse
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -38,12 +41,15 @@ def main() -> None:
     parser.add_argument("--likelihoods", nargs="+", default=["mixture", "gaussian"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-rows", type=int, default=20000)
+    parser.add_argument("--vaekit-args", default="", help="extra `vaekit fit` overrides, one quoted string")
     args = parser.parse_args()
     x, y = load(args.file, args.max_rows, args.seed)
     train, test, _, labels = train_test_split(x, y, test_size=0.3, stratify=y, random_state=args.seed)
     for likelihood in args.likelihoods:
         with tempfile.TemporaryDirectory() as scratch:
-            scores = fit_vaekit(train, test, Path(scratch), ["--model.numeric_likelihood", likelihood])
+            scores = fit_vaekit(
+                train, test, Path(scratch), ["--model.numeric_likelihood", likelihood, *shlex.split(args.vaekit_args)]
+            )
             terms = column_terms(Path(scratch) / "run", Path(scratch) / "test.csv")
         print(f"{likelihood}: score AUROC {roc_auc_score(labels, scores):.3f}")
         print("| column | " + " | ".join(str(j) for j in range(terms.shape[1])) + " |")

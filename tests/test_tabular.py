@@ -60,14 +60,39 @@ def test_numeric_and_categorical_terms_match_torch_distributions():
     torch.testing.assert_close(likelihood.log_prob(params, x), expected)
 
 
-def test_mixture_term_matches_mixture_same_family():
-    likelihood = TableLikelihood(2, [], "mixture", components=4)
+@pytest.mark.parametrize("marginal_weight", [0.0, 0.01])
+def test_mixture_term_matches_mixture_same_family(marginal_weight):
+    likelihood = TableLikelihood(2, [], "mixture", components=4, marginal_weight=marginal_weight)
     params = torch.randn(5, likelihood.outputs)
     x = torch.randn(5, 2)
     logits, means, log_scales = params.view(5, 2, 12).chunk(3, -1)
-    mixture = D.MixtureSameFamily(D.Categorical(logits=logits), D.Normal(means, log_scales.clamp(min=-7).exp()))
+    weights, scales = logits.softmax(-1), log_scales.clamp(min=-7).exp()
+    if marginal_weight:  # the column's marginal, N(0, 1) in standardised units, as a fifth component
+        pad = torch.ones(5, 2, 1)
+        weights = torch.cat([(1 - marginal_weight) * weights, marginal_weight * pad], -1)
+        means, scales = torch.cat([means, 0 * pad], -1), torch.cat([scales, pad], -1)
+    mixture = D.MixtureSameFamily(D.Categorical(probs=weights), D.Normal(means, scales))
     torch.testing.assert_close(likelihood.log_prob(params, x), mixture.log_prob(x).sum(1))
-    assert likelihood.mean(params).shape == (5, 2) and likelihood.sample(params).shape == (5, 2)
+    torch.testing.assert_close(likelihood.mean(params), mixture.mean)
+    assert likelihood.sample(params).shape == (5, 2)
+
+
+def test_the_marginal_component_caps_what_a_missed_cell_costs():
+    """Components narrowed onto a near-constant column's one value: a cell 5 standard deviations off it costs
+    millions of nats without the marginal, and with it the marginal's NLL plus log(1 / weight) at most."""
+    narrow = torch.cat([torch.zeros(1, 5), torch.zeros(1, 5), torch.full((1, 5), -7.0)], 1)  # logits, means, scales
+    off = torch.tensor([[5.0]])
+    alone = -TableLikelihood(1, [], "mixture", components=5).log_prob(narrow, off)
+    capped = -TableLikelihood(1, [], "mixture", components=5, marginal_weight=0.01).log_prob(narrow, off)
+    assert alone.item() > 1e6
+    marginal_nll = -D.Normal(0.0, 1.0).log_prob(off).squeeze()
+    assert marginal_nll < capped.item() <= marginal_nll + math.log(100) + 1e-4
+    # draws come from the marginal about as often as its weight
+    torch.manual_seed(0)
+    draws = TableLikelihood(1, [], "mixture", 5, marginal_weight=0.2).sample(narrow.expand(20000, -1))
+    assert abs((draws.abs() > 0.05).float().mean().item() - 0.2 * 0.96) < 0.015
+    with pytest.raises(ValueError, match=r"--model.marginal_weight is a mixture weight in \[0, 1\)"):
+        TableVAE(marginal_weight=1.0)
 
 
 def test_trim_leaves_the_worst_fitted_rows_out_of_a_training_step_only():

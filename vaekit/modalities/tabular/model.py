@@ -21,16 +21,28 @@ ABSENT_LOGIT = -1e4
 
 class GaussianMixture(Likelihood):
     """``components`` Gaussians per numeric column, weights, means and log-scales all from the decoder: a column
-    with several modes (TVAE's reason for mode-specific normalisation) gets one component per mode."""
+    with several modes (TVAE's reason for mode-specific normalisation) gets one component per mode.
 
-    def __init__(self, columns: int, components: int) -> None:
+    ``marginal_weight`` > 0 adds one more, fixed component of that weight: the column's own marginal Gaussian,
+    N(0, 1) in standardised units. A cell the decoder's components miss then costs at most the marginal
+    Gaussian's NLL plus log(1 / weight); without it a near-constant column, whose components narrow onto its
+    one value, charges a row off that value thousands of nats, and one column decides the row's score."""
+
+    def __init__(self, columns: int, components: int, marginal_weight: float = 0.0) -> None:
         super().__init__()
-        self.columns, self.components = columns, components
+        self.columns, self.components, self.marginal_weight = columns, components, marginal_weight
 
     def _split(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(log-weights, means, log-scales), each (B, columns, components)."""
+        """(log-weights, means, log-scales), each (B, columns, components [+ 1 for the marginal])."""
         logits, means, log_scales = params.reshape(len(params), self.columns, 3 * self.components).chunk(3, dim=-1)
-        return torch.log_softmax(logits, -1), means, log_scales.clamp(min=-7.0)
+        log_weights, log_scales = torch.log_softmax(logits, -1), log_scales.clamp(min=-7.0)
+        if not self.marginal_weight:
+            return log_weights, means, log_scales
+        zero = means.new_zeros(*means.shape[:-1], 1)  # N(0, 1): mean 0, log-scale 0
+        log_weights = torch.cat(
+            [log_weights + math.log1p(-self.marginal_weight), zero + math.log(self.marginal_weight)], -1
+        )
+        return log_weights, torch.cat([means, zero], -1), torch.cat([log_scales, zero], -1)
 
     def log_prob(self, params: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor:
         log_weights, means, log_scales = self._split(params)
@@ -55,11 +67,13 @@ class TableLikelihood(Likelihood):
     categorical column, summed over the observed cells. ``x`` is (B, columns), numeric first, then category
     codes; NaN marks a missing cell, whose term is left out (never imputed)."""
 
-    def __init__(self, numeric: int, vocab_sizes: list[int], numeric_kind: str, components: int) -> None:
+    def __init__(
+        self, numeric: int, vocab_sizes: list[int], numeric_kind: str, components: int, marginal_weight: float = 0.0
+    ) -> None:
         super().__init__()
         self.num_numeric, self.vocab_sizes = numeric, list(vocab_sizes)
         if numeric_kind == "mixture":
-            self.numeric, self.per_numeric = GaussianMixture(numeric, components), 3 * components
+            self.numeric, self.per_numeric = GaussianMixture(numeric, components, marginal_weight), 3 * components
         else:
             self.numeric, self.per_numeric = Gaussian(numeric), 1
         self.categorical = Categorical()
@@ -147,8 +161,8 @@ class TableVAE(VAE):
     ``hidden`` (0: sized from the data, twice the encoder's inputs within [64, 512], so one default serves 3 to
     500 columns) is the width of ``layers`` hidden layers in the encoder and the decoder. ``numeric_likelihood``:
     ``gaussian`` (a learned scale per column) or ``mixture`` (``mixture_components`` Gaussians per column, for
-    columns with several modes). The NLL is in nats per row, summed over the observed cells, numeric cells
-    measured in standardised units.
+    columns with several modes; ``marginal_weight``: the column's marginal Gaussian as one more). The NLL is in
+    nats per row, summed over the observed cells, numeric cells measured in standardised units.
     """
 
     modality = "tabular"
@@ -165,8 +179,11 @@ class TableVAE(VAE):
         layers: int = 2,
         numeric_likelihood: Literal["gaussian", "mixture"] = "gaussian",
         mixture_components: int = 5,
+        marginal_weight: float = 0.0,
         **core: Any,
     ) -> None:
+        if not 0 <= marginal_weight < 1:
+            raise ValueError(f"--model.marginal_weight is a mixture weight in [0, 1), got {marginal_weight}")
         super().__init__(latent_dim=latent_dim, **core)
 
     def build(self, spec: TableSpec) -> None:
@@ -174,7 +191,7 @@ class TableVAE(VAE):
         inputs = 2 * len(spec.numeric) + sum(spec.vocab_sizes)
         hidden = hp.hidden or min(512, max(64, 2 * inputs))
         self.likelihood = TableLikelihood(
-            len(spec.numeric), spec.vocab_sizes, hp.numeric_likelihood, hp.mixture_components
+            len(spec.numeric), spec.vocab_sizes, hp.numeric_likelihood, hp.mixture_components, hp.marginal_weight
         )
         self.encoder = TableEncoder(spec, hidden, hp.layers, hp.latent_dim)
         self.decoder = mlp(hp.latent_dim, hidden, hp.layers, self.likelihood.outputs)
