@@ -15,6 +15,9 @@ from vaekit.cli import main
 TESTS = Path(__file__).parent
 # Decoded-data caches of this run (and of the subprocesses it starts) stay out of the user's cache folder.
 os.environ.setdefault("VAEKIT_CACHE", tempfile.mkdtemp(prefix="vaekit-test-cache-"))
+# No test reaches a hub, in this process or the ones it starts. Set before anything imports huggingface_hub or
+# datasets: both read it once, at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def vaekit(*args: str) -> None:

@@ -165,14 +165,8 @@ def test_colour_images_with_a_gaussian_likelihood(tmp_path):
     assert _png(tmp_path / "out" / "samples_0000.png").shape == (16, 16, 3)
 
 
-def test_hub_dataset_ids_reach_datasets_and_fail_clearly_offline(monkeypatch):
-    # huggingface_hub and datasets read HF_HUB_OFFLINE once, at import, which an earlier test has done: their
-    # flags, not the environment, keep this test off the network (else it retries the hub for 23 s)
-    import datasets
-    import huggingface_hub
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+def test_hub_dataset_ids_reach_datasets_and_fail_clearly_offline():
+    # offline through conftest's HF_HUB_OFFLINE: the error must be the offline one, not a network attempt's
     datamodule = ImageDataModule(root="someone/no-such-dataset")
     assert datamodule.source.hub_id == "someone/no-such-dataset"
     with pytest.raises(FileNotFoundError, match=r"neither a local folder nor a loadable hub dataset.*OfflineMode"):
